@@ -1,0 +1,76 @@
+"""fedxrec kg: the public catalogue as a knowledge graph, cold-start priors and path explanations.
+
+Pure networkx + numpy: nothing here imports torch, flwr, fastapi or :mod:`shared`.
+"""
+
+from kg.coldstart import add_item, neighbour_prior, neighbours
+from kg.errors import (
+    CatalogueMismatchError,
+    DuplicateItemError,
+    InvalidItemError,
+    KGError,
+    KGFileError,
+    KGVersionError,
+    NoNeighboursError,
+    UnknownItemError,
+)
+from kg.graph import (
+    build_graph,
+    catalogue_fingerprint,
+    graph_fingerprint,
+    item_node,
+    load_graph,
+    save_graph,
+)
+from kg.metrics import (
+    etd,
+    explanation_metrics,
+    faithfulness,
+    fidelity,
+    lir,
+    pn_rank,
+    pn_score,
+    rerank,
+    sep,
+    sep_table,
+)
+from kg.paths import Explanation, Path, PathScoring, Triple, explain, explain_items, find_paths
+from kg.schema import entity_label
+
+__all__ = [
+    "CatalogueMismatchError",
+    "DuplicateItemError",
+    "Explanation",
+    "InvalidItemError",
+    "KGError",
+    "KGFileError",
+    "KGVersionError",
+    "NoNeighboursError",
+    "Path",
+    "PathScoring",
+    "Triple",
+    "UnknownItemError",
+    "add_item",
+    "build_graph",
+    "catalogue_fingerprint",
+    "entity_label",
+    "etd",
+    "explain",
+    "explain_items",
+    "explanation_metrics",
+    "faithfulness",
+    "fidelity",
+    "find_paths",
+    "graph_fingerprint",
+    "item_node",
+    "lir",
+    "load_graph",
+    "neighbour_prior",
+    "neighbours",
+    "pn_rank",
+    "pn_score",
+    "rerank",
+    "save_graph",
+    "sep",
+    "sep_table",
+]
