@@ -45,6 +45,7 @@ from kg.schema import (
     RELATIONS,
     RELEASED_IN_DECADE,
     decade_of,
+    display_title,
     entity_label,
 )
 
@@ -190,7 +191,8 @@ def insert_item(
             if unknown_relations == "error":
                 raise InvalidItemError(rec.id, f"relation {relation!r} is not one of {ENTITY_RELATIONS}")
             skipped[relation] += len(ents)
-    label = f"{rec.title} ({rec.year})" if rec.year is not None else rec.title
+    shown = display_title(rec.title)
+    label = f"{shown} ({rec.year})" if rec.year is not None else shown
     graph.add_node(node, type=ITEM, label=label, item_id=rec.id, title=rec.title, year=rec.year)
     for genre in rec.genres:
         _link(graph, node, HAS_GENRE, genre, genre)

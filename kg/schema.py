@@ -148,6 +148,15 @@ def entity_label(entity: str) -> str:
     return label
 
 
+_TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+), (?P<article>The|A|An|Les|La|Le|Il|Das|Der|Die|El)$")
+
+
+def display_title(title: str) -> str:
+    """Catalogue title as people write it: ``Mirror Has Two Faces, The`` -> ``The Mirror Has Two Faces``."""
+    m = _TRAILING_ARTICLE.match(title.strip())
+    return f"{m['article']} {m['rest']}" if m else title.strip()
+
+
 def decade_of(year: int) -> str:
     """Decade label of a year: ``1995`` -> ``1990s``."""
     return f"{year // 10 * 10}s"
