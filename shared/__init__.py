@@ -1,0 +1,1 @@
+"""Framework-free core of fedxrec: config, data, splits, model, metrics, parameter I/O."""

@@ -1,0 +1,158 @@
+"""Typed configuration: dataclasses that validate themselves and parse flat kebab-case dicts.
+
+Flower's ``run_config`` is a flat mapping with namespaced kebab-case keys (``model.dim``,
+``dp.noise-multiplier``); :func:`from_flat` turns the keys of one namespace into a dataclass and
+rejects unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(key, msg)
+
+
+@dataclass
+class ModelConfig:
+    """The recommender: item tower (backbone + adapters) and user side."""
+
+    #: a local BERT path, ``"minilm"`` (the offline all-MiniLM-L6-v2 package) or a hub name
+    backbone: str = "minilm"
+    #: number of top backbone layers that carry adapters and run in training (0: adapter over pooled)
+    top_layers: int = 0
+    #: ``lora`` (peft, top layers) or ``bottleneck``
+    adapter: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    bottleneck: int = 64
+    #: item/user vector size
+    dim: int = 64
+    #: add a per-item ID residual embedding to the text vector
+    id_residual: bool = False
+    max_length: int = 128
+    #: history items the user side reads (most recent last)
+    history_len: int = 50
+    #: ``history`` (recency-weighted history + personal vector) or ``personal`` (personal vector only;
+    #: the record-level DP mode, where a sample's loss must not depend on other samples)
+    user_mode: str = "history"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.top_layers >= 0, "model.top-layers", f"must be >= 0, got {self.top_layers}")
+        _check(self.adapter in ("lora", "bottleneck"), "model.adapter", f"lora|bottleneck, got {self.adapter!r}")
+        _check(self.dim > 0, "model.dim", f"must be > 0, got {self.dim}")
+        _check(self.lora_rank > 0, "model.lora-rank", f"must be > 0, got {self.lora_rank}")
+        _check(self.bottleneck > 0, "model.bottleneck", f"must be > 0, got {self.bottleneck}")
+        _check(self.history_len > 0, "model.history-len", f"must be > 0, got {self.history_len}")
+        _check(self.max_length >= 8, "model.max-length", f"must be >= 8, got {self.max_length}")
+        _check(
+            self.user_mode in ("history", "personal"),
+            "model.user-mode",
+            f"history|personal, got {self.user_mode!r}",
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (central training and each client's local training)."""
+
+    loss: str = "softmax"  # softmax (sampled softmax) | bce (BCE with sampled negatives)
+    negatives: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 30
+    seed: int = 0
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.loss in ("softmax", "bce"), "train.loss", f"softmax|bce, got {self.loss!r}")
+        _check(self.negatives > 0, "train.negatives", f"must be > 0, got {self.negatives}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "train.batch-size", f"must be > 0, got {self.batch_size}")
+        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.temperature > 0, "train.temperature", f"must be > 0, got {self.temperature}")
+
+
+@dataclass
+class DataConfig:
+    """Which data, where, and the evaluation split."""
+
+    dataset: str = "ml-100k"
+    dir: str = ""  # empty: $FEDXREC_DATA_DIR or ./data
+    kg_version: str = "dbpedia-live-2024"
+    cache_dir: str = ".cache/fedxrec"
+    split_seed: int = 0
+    cold_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.cold_fraction < 1.0, "data.cold-fraction", f"must be in [0, 1), got {self.cold_fraction}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(key, f"expected a boolean, got {value!r}")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected {kind.__name__}, got {value!r}") from None
+
+
+def from_flat(cls: type[T], flat: Mapping[str, Any], prefix: str, *, strict: bool = True) -> T:
+    """Build ``cls`` from the keys of ``flat`` under ``prefix.`` (kebab-case field names).
+
+    Raises :class:`ConfigError` naming an unknown key (when ``strict``) or a value of the wrong type.
+    """
+    assert dataclasses.is_dataclass(cls)
+    defaults = cls()  # type: ignore[call-arg]
+    names = {f.name.replace("_", "-"): f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, name = key.partition(".")
+        if head != prefix:
+            continue
+        if name not in names:
+            if strict:
+                raise ConfigError(key, f"unknown key; known: {sorted(prefix + '.' + n for n in names)}")
+            continue
+        kwargs[names[name]] = _coerce(key, value, getattr(defaults, names[name]))
+    return cls(**kwargs)
+
+
+def config_from_flat(flat: Mapping[str, Any]) -> Config:
+    """Parse the ``data.``, ``model.`` and ``train.`` namespaces of a flat run config."""
+    return Config(
+        data=from_flat(DataConfig, flat, "data"),
+        model=from_flat(ModelConfig, flat, "model"),
+        train=from_flat(TrainConfig, flat, "train"),
+    )
+
+
+def to_flat(obj: Any, prefix: str) -> dict[str, Any]:
+    """The inverse of :func:`from_flat` (for logging a run's settings)."""
+    return {f"{prefix}.{f.name.replace('_', '-')}": getattr(obj, f.name) for f in fields(obj)}

@@ -1,0 +1,223 @@
+"""The recommender: a BERT item tower with adapters, and a user side with personal parameters.
+
+Item vector (D) = proj(adapted text features) [+ ID residual]; score(u, i) = <u, v_i> + b_i.
+
+* ``top_layers = 0``: a residual bottleneck adapter over the cached pooled backbone output.
+* ``top_layers = k > 0``: the backbone's top ``k`` BertLayers run in training on cached hidden
+  states, with LoRA (peft, on query/key/value/dense) or a bottleneck adapter after each layer.
+
+User vector: ``personal`` mode = a personal vector only (record-level DP mode: a sample's loss
+depends on that sample alone); ``history`` mode = a recency-weighted mean of the user's history item
+vectors through a shared linear map, plus the personal vector.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from shared.backbone import PrefixCache, extended_mask, mean_pool
+from shared.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = ["query", "key", "value", "dense"]
+#: parameter-name prefixes that never leave a device
+PERSONAL_PREFIXES = ("user.personal.",)
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck adapter: x + up(gelu(down(x))), up zero-initialised (identity at start)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, hidden)
+        self.up = nn.Linear(hidden, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.gelu(self.down(x)))
+
+
+class TopLayers(nn.Module):
+    """The backbone's top ``k`` BertLayers over cached hidden states, then masked mean pooling."""
+
+    def __init__(self, backbone: nn.Module, k: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        layers = backbone.encoder.layer[len(backbone.encoder.layer) - k :]
+        self.layer = nn.ModuleList(copy.deepcopy(list(layers)))
+        for p in self.layer.parameters():
+            p.requires_grad_(False)
+        width = backbone.config.hidden_size
+        self.adapters = (
+            nn.ModuleList(Bottleneck(width, cfg.bottleneck) for _ in range(k)) if cfg.adapter == "bottleneck" else None
+        )
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # hidden (B, T, H), mask (B, T) -> (B, H)
+        ext = extended_mask(mask, hidden.dtype)
+        for i, layer in enumerate(self.layer):
+            out = layer(hidden, attention_mask=ext)
+            hidden = out[0] if isinstance(out, tuple) else out
+            if self.adapters is not None:
+                hidden = self.adapters[i](hidden)
+        return mean_pool(hidden, mask)
+
+
+class ItemTower(nn.Module):
+    """Maps catalogue rows to item vectors (D) and biases, from the cached backbone prefix."""
+
+    def __init__(self, cfg: ModelConfig, cache: PrefixCache, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, width = cache.num_items, cache.width
+        if cfg.top_layers == 0:
+            assert cache.pooled is not None
+            self.register_buffer("features", cache.pooled.float(), persistent=False)
+            self.adapter: nn.Module = Bottleneck(width, cfg.bottleneck)
+        else:
+            if backbone is None:
+                raise ValueError("top_layers > 0 needs the backbone module")
+            assert cache.hidden is not None and cache.mask is not None
+            self.register_buffer("hidden", cache.hidden, persistent=False)
+            self.register_buffer("mask", cache.mask, persistent=False)
+            self.adapter = TopLayers(backbone, cfg.top_layers, cfg)
+            if cfg.adapter == "lora":
+                lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGETS)
+                inject_adapter_in_model(lcfg, self.adapter)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.id_residual = nn.Embedding(n, cfg.dim) if cfg.id_residual else None
+        if self.id_residual is not None:
+            nn.init.normal_(self.id_residual.weight, std=0.01)
+        self.bias = nn.Embedding(n, 1)
+        nn.init.zeros_(self.bias.weight)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.bias.num_embeddings)
+
+    def text_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Adapted, pooled text features of ``rows`` (...) -> (..., H); leading dims are kept."""
+        if self.cfg.top_layers == 0:
+            return self.adapter(self.features[rows])
+        flat = rows.reshape(-1)  # BertLayer wants (batch, T, H): merges leading dims (not per-sample safe)
+        out = self.adapter(self.hidden[flat].float(), self.mask[flat])
+        return out.view(*rows.shape, -1)
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item vectors (..., D) and biases (...) of catalogue ``rows`` (...)."""
+        v = self.proj(self.drop(self.norm(self.text_features(rows))))
+        if self.id_residual is not None:
+            v = v + self.id_residual(rows)
+        return v, self.bias(rows).squeeze(-1)
+
+
+class UserTower(nn.Module):
+    """User vector from personal parameters (and, in ``history`` mode, the user's own history)."""
+
+    def __init__(self, cfg: ModelConfig, num_users: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.personal = nn.Embedding(num_users, cfg.dim)
+        nn.init.normal_(self.personal.weight, std=0.01)
+        if cfg.user_mode == "history":
+            # recency logits: position 0 = newest history item
+            self.recency = nn.Embedding(cfg.history_len, 1)
+            nn.init.zeros_(self.recency.weight)
+            self.mix = nn.Linear(cfg.dim, cfg.dim)
+            nn.init.eye_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
+
+    def forward(
+        self, users: torch.Tensor, hist_vecs: torch.Tensor | None, hist_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Users (B,), hist_vecs (B, L, D) newest first, hist_mask (B, L) -> (B, D)."""
+        u = self.personal(users)
+        if self.cfg.user_mode == "history" and hist_vecs is not None and hist_mask is not None:
+            pos = torch.arange(hist_vecs.shape[1], device=hist_vecs.device)
+            logits = self.recency(pos).squeeze(-1).expand_as(hist_mask)  # (B, L)
+            logits = logits.masked_fill(~hist_mask, float("-inf"))
+            w = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty history -> zeros
+            u = u + self.mix(torch.einsum("bl,bld->bd", w, hist_vecs))
+        return u
+
+
+class Recommender(nn.Module):
+    """Item tower + user tower; ``score`` is a dot product plus an item bias."""
+
+    def __init__(self, cfg: ModelConfig, cache: PrefixCache, num_users: int, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemTower(cfg, cache, backbone)
+        self.user = UserTower(cfg, num_users)
+        self.scale = nn.Parameter(torch.ones(()))  # learnable logit scale (shared)
+
+    def user_vectors(self, users: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Users (B,), history (B, L) catalogue rows newest first, -1 padded -> (B, D)."""
+        if self.cfg.user_mode != "history" or history is None:
+            return self.user(users, None, None)
+        vecs, _ = self.items(history.clamp_min(0))  # (B, L, D)
+        return self.user(users, vecs, history >= 0)
+
+    def forward(
+        self, users: torch.Tensor, history: torch.Tensor | None, candidates: torch.Tensor, *, all_items: bool = False
+    ) -> torch.Tensor:
+        """Scores (B, C) of candidate rows (B, C) for users (B,) with their histories (B, L).
+
+        ``all_items`` computes every item vector once and gathers (fast, but not per-sample: never
+        under DP-SGD, whose per-sample gradients need every module's input to be batch-first).
+        """
+        if all_items:
+            v_all, b_all = self.items(torch.arange(self.items.num_items))
+            if self.cfg.user_mode == "history" and history is not None:
+                u = self.user(users, v_all[history.clamp_min(0)], history >= 0)
+            else:
+                u = self.user(users, None, None)
+            v, b = v_all[candidates], b_all[candidates]
+        else:
+            u = self.user_vectors(users, history)
+            v, b = self.items(candidates)  # (B, C, D), (B, C): batch-first for per-sample gradients
+        return self.scale * torch.einsum("bd,bcd->bc", u, v) + b
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters that are uploaded and aggregated (everything but personal ones)."""
+        return {
+            n: p.detach() for n, p in self.named_parameters() if p.requires_grad and not n.startswith(PERSONAL_PREFIXES)
+        }
+
+    def personal_state(self) -> dict[str, torch.Tensor]:
+        """Parameters that never leave the device."""
+        return {n: p.detach() for n, p in self.named_parameters() if n.startswith(PERSONAL_PREFIXES)}
+
+    def load_partial(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy ``state`` into the named parameters (shapes must match)."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for n, t in state.items():
+                if n not in params:
+                    raise KeyError(f"unknown parameter {n!r}")
+                if params[n].shape != t.shape:
+                    raise ValueError(f"parameter {n!r}: shape {tuple(t.shape)} != {tuple(params[n].shape)}")
+                params[n].copy_(t)
+
+    @torch.no_grad()
+    def all_item_vectors(self, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors (N, D) and biases (N,) of every catalogue item (eval mode)."""
+        was = self.training
+        self.eval()
+        rows = torch.arange(self.items.num_items)
+        out = [self.items(rows[s : s + batch]) for s in range(0, len(rows), batch)]
+        self.train(was)
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
