@@ -206,9 +206,7 @@ def insert_item(
     return skipped
 
 
-def build_graph(
-    items: Iterable[ItemLike], *, unknown_relations: UnknownRelations = "error"
-) -> nx.MultiDiGraph:
+def build_graph(items: Iterable[ItemLike], *, unknown_relations: UnknownRelations = "error") -> nx.MultiDiGraph:
     """Build the knowledge graph of a catalogue.
 
     Parameters

@@ -101,9 +101,7 @@ def sep(explanations: Sequence[Explanation], table: Mapping[str, float]) -> floa
     return float(np.mean(out)) if out else 0.0
 
 
-def etd(
-    explanations: Sequence[Explanation], *, k: int = DEFAULT_K, n_path_types: int = len(PATH_TYPES)
-) -> float:
+def etd(explanations: Sequence[Explanation], *, k: int = DEFAULT_K, n_path_types: int = len(PATH_TYPES)) -> float:
     """Distinct path types among the top-k explanations over ``min(k, n_path_types)``."""
     if k < 1 or n_path_types < 1:
         raise ValueError(f"k and n_path_types must be >= 1, got {k}, {n_path_types}")
@@ -198,9 +196,7 @@ def pn_rank(
 # ----------------------------------------------------------------------------------- re-ranking
 
 
-def _lir_sep(
-    best: Path | None, recency: Mapping[int, float], table: Mapping[str, float], mix: np.ndarray
-) -> float:
+def _lir_sep(best: Path | None, recency: Mapping[int, float], table: Mapping[str, float], mix: np.ndarray) -> float:
     if best is None:
         return 0.0
     return float(mix[0] * recency.get(best.history_item, 0.0) + mix[1] * table.get(best.entity, 0.0))
