@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import product
 
 import networkx as nx
 
@@ -209,27 +210,17 @@ def _candidate_paths(
         for h, rels_h in links:
             if h == target:
                 continue
-            for r_h in rels_h:
-                for r_t in rels_t:
-                    if not is_allowed(r_h, r_t):
-                        continue
-                    h_label = item_label(graph, h)
-                    triples = (
-                        Triple(h, r_h, entity, h_label, e_data["label"]),
-                        Triple(target, r_t, entity, t_label, e_data["label"]),
-                    )
-                    score = pattern_weight(r_h, r_t) * recog * factors[h]
-                    yield Path(
-                        triples,
-                        graph.nodes[h]["item_id"],
-                        t_id,
-                        entity,
-                        e_data["label"],
-                        e_data["type"],
-                        r_h,
-                        r_t,
-                        score,
-                    )
+            h_label = item_label(graph, h)
+            for r_h, r_t in product(rels_h, rels_t):
+                if not is_allowed(r_h, r_t):
+                    continue
+                triples = (
+                    Triple(h, r_h, entity, h_label, e_data["label"]),
+                    Triple(target, r_t, entity, t_label, e_data["label"]),
+                )
+                score = pattern_weight(r_h, r_t) * recog * factors[h]
+                h_id = graph.nodes[h]["item_id"]
+                yield Path(triples, h_id, t_id, entity, e_data["label"], e_data["type"], r_h, r_t, score)
 
 
 def _rank(paths: Iterable[Path], max_paths: int | None, *, per_entity: bool = True) -> tuple[Path, ...]:
