@@ -1,4 +1,4 @@
-"""The declared knowledge-graph schema, in one place (after PGPR's ``utils.py``).
+"""The declared knowledge-graph schema, in one place (after PGPR's ``utils.py``); read-only mappings.
 
 Entity types, relations with their head and tail types, the path patterns explanations may use,
 relation informativeness weights, and how entities get readable labels.
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from itertools import permutations
+from types import MappingProxyType
 from typing import NamedTuple
 
 # Entity (node) types.
@@ -56,17 +58,19 @@ class RelationSpec(NamedTuple):
     tail: str
 
 
-RELATIONS: dict[str, RelationSpec] = {
-    HAS_GENRE: RelationSpec(ITEM, GENRE),
-    RELEASED_IN_DECADE: RelationSpec(ITEM, DECADE),
-    DIRECTOR: RelationSpec(ITEM, PERSON),
-    STARRING: RelationSpec(ITEM, PERSON),
-    WRITER: RelationSpec(ITEM, PERSON),
-    PRODUCER: RelationSpec(ITEM, PERSON),
-    CINEMATOGRAPHY: RelationSpec(ITEM, PERSON),
-    DISTRIBUTOR: RelationSpec(ITEM, COMPANY),
-    SUBJECT: RelationSpec(ITEM, CATEGORY),
-}
+RELATIONS: Mapping[str, RelationSpec] = MappingProxyType(
+    {
+        HAS_GENRE: RelationSpec(ITEM, GENRE),
+        RELEASED_IN_DECADE: RelationSpec(ITEM, DECADE),
+        DIRECTOR: RelationSpec(ITEM, PERSON),
+        STARRING: RelationSpec(ITEM, PERSON),
+        WRITER: RelationSpec(ITEM, PERSON),
+        PRODUCER: RelationSpec(ITEM, PERSON),
+        CINEMATOGRAPHY: RelationSpec(ITEM, PERSON),
+        DISTRIBUTOR: RelationSpec(ITEM, COMPANY),
+        SUBJECT: RelationSpec(ITEM, CATEGORY),
+    }
+)
 
 #: Relations whose tails come from an item's ``entities`` mapping (the DBpedia links).
 ENTITY_RELATIONS: tuple[str, ...] = (
@@ -82,17 +86,19 @@ PERSON_RELATIONS: tuple[str, ...] = tuple(r for r, s in RELATIONS.items() if s.t
 
 #: How much a shared entity through this relation tells a user (director/writer most, distributor
 #: least): director/writer > starring > cinematography/producer > subject > genre/decade > distributor.
-RELATION_WEIGHTS: dict[str, float] = {
-    DIRECTOR: 1.0,
-    WRITER: 0.95,
-    STARRING: 0.8,
-    CINEMATOGRAPHY: 0.6,
-    PRODUCER: 0.6,
-    SUBJECT: 0.45,
-    HAS_GENRE: 0.25,
-    RELEASED_IN_DECADE: 0.2,
-    DISTRIBUTOR: 0.15,
-}
+RELATION_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {
+        DIRECTOR: 1.0,
+        WRITER: 0.95,
+        STARRING: 0.8,
+        CINEMATOGRAPHY: 0.6,
+        PRODUCER: 0.6,
+        SUBJECT: 0.45,
+        HAS_GENRE: 0.25,
+        RELEASED_IN_DECADE: 0.2,
+        DISTRIBUTOR: 0.15,
+    }
+)
 #: Weight factor of a cross-role pattern (same person, two roles) over a same-role one.
 CROSS_ROLE_DISCOUNT = 0.9
 
