@@ -101,7 +101,7 @@ class ServingModel:
                 own = {k[len("items.") :]: v for k, v in self.ckpt.shared.items() if k.startswith("items.")}
                 own = {k: v for k, v in own.items() if not k.startswith(("bias.", "id_residual."))}
                 missing = tower.load_state_dict(own, strict=False)
-                unexpected = [k for k in missing.unexpected_keys]
+                unexpected = list(missing.unexpected_keys)
                 if unexpected:
                     raise ValueError(f"checkpoint has parameters the item tower lacks: {unexpected[:3]}")
                 tower.eval()

@@ -68,8 +68,10 @@ def _sample_negatives(rng: np.random.Generator, pool: np.ndarray, exclude: set[i
     return rng.choice(allowed, size=n, replace=False)
 
 
-def p1_split(inter: Interactions, num_items: int, *, seed: int = 0, cold_fraction: float = 0.0) -> Split:
-    """Build the P1 split (``cold_fraction > 0``: the item cold-start variant)."""
+def p1_split(
+    inter: Interactions, num_items: int, *, seed: int = 0, cold_fraction: float = 0.0, negatives: int = NUM_NEGATIVES
+) -> Split:
+    """Build the P1 split (``cold_fraction > 0``: the item cold-start variant), ``negatives`` per held-out item."""
     rng = np.random.default_rng(seed)
     all_rows = np.arange(num_items, dtype=np.int64)
     cold = np.zeros(num_items, bool)
@@ -93,11 +95,11 @@ def p1_split(inter: Interactions, num_items: int, *, seed: int = 0, cold_fractio
             train_ts.append(w_ts[:-1])
             val.append(w_items[-1])
             test.append(c_items[-1] if len(c_items) else -1)
-            vneg.append(_sample_negatives(rng, all_rows[~cold], exclude, NUM_NEGATIVES))
+            vneg.append(_sample_negatives(rng, all_rows[~cold], exclude, negatives))
             tneg.append(
-                _sample_negatives(rng, cold_pool, exclude, NUM_NEGATIVES)
+                _sample_negatives(rng, cold_pool, exclude, negatives)
                 if len(c_items)
-                else np.full(NUM_NEGATIVES, -1, np.int64)
+                else np.full(negatives, -1, np.int64)
             )
         else:
             if len(items) < 3:
@@ -106,8 +108,8 @@ def p1_split(inter: Interactions, num_items: int, *, seed: int = 0, cold_fractio
             train_ts.append(ts[:-2])
             val.append(items[-2])
             test.append(items[-1])
-            vneg.append(_sample_negatives(rng, all_rows, exclude, NUM_NEGATIVES))
-            tneg.append(_sample_negatives(rng, all_rows, exclude, NUM_NEGATIVES))
+            vneg.append(_sample_negatives(rng, all_rows, exclude, negatives))
+            tneg.append(_sample_negatives(rng, all_rows, exclude, negatives))
         users.append(u)
         seen.append(np.unique(items))
     return Split(

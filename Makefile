@@ -1,0 +1,43 @@
+# fedxrec: the two quick-start commands are `make run` (main job) and `make test` (test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The data directory: $FEDXREC_DATA_DIR, else ../shared/data where it exists, else ./data (downloaded).
+FEDXREC_DATA_DIR ?= $(if $(wildcard ../shared/data/ml-100k/u.data),$(abspath ../shared/data),$(abspath data))
+export FEDXREC_DATA_DIR
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+export HF_HUB_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export RAY_USAGE_STATS_ENABLED=0
+
+.PHONY: install run test central bench lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch first (a looser spec would pull a multi-GB CUDA build)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: install  ## the main job: the default local federated simulation on ml-100k
+	$(BIN)/python -m simulations.run_default
+
+test: install  ## the test suite
+	$(BIN)/python -m pytest -q
+
+central: install  ## the centralised reference run and the baselines
+	$(BIN)/fedxrec central
+
+bench: install  ## all benchmarks; figures go to results/
+	$(BIN)/python -m simulations.bench_core
+	$(BIN)/python -m simulations.bench_kg
+	$(BIN)/python -m simulations.bench_fed
+	$(BIN)/python -m simulations.bench_api
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
