@@ -12,11 +12,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -37,7 +37,7 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
-def load_backbone(name: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def load_backbone(name: str) -> tuple[Any, PreTrainedTokenizerBase]:
     """Load a BERT model (eval mode, frozen) and its tokenizer, offline when given a local path."""
     path = resolve_backbone(name)
     local = Path(path).exists()
@@ -49,7 +49,7 @@ def load_backbone(name: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     return model, tok
 
 
-def backbone_fingerprint(model: nn.Module, name: str) -> str:
+def backbone_fingerprint(model: Any, name: str) -> str:
     """Hash of the backbone's config and weights (so a changed checkpoint invalidates the cache)."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     for k, v in sorted(model.state_dict().items()):
@@ -97,7 +97,7 @@ class PrefixCache:
 
 @torch.no_grad()
 def compute_prefix(
-    model: nn.Module,
+    model: Any,
     tok: PreTrainedTokenizerBase,
     texts: list[str],
     *,
@@ -163,7 +163,7 @@ def cached_prefix(
     *,
     top_layers: int,
     max_length: int,
-    model: nn.Module | None = None,
+    model: Any = None,
     tok: PreTrainedTokenizerBase | None = None,
     progress: bool = True,
 ) -> tuple[PrefixCache, Path]:

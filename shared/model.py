@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class Bottleneck(nn.Module):
 class TopLayers(nn.Module):
     """The backbone's top ``k`` BertLayers over cached hidden states, then masked mean pooling."""
 
-    def __init__(self, backbone: nn.Module, k: int, cfg: ModelConfig) -> None:
+    def __init__(self, backbone: Any, k: int, cfg: ModelConfig) -> None:
         super().__init__()
         layers = backbone.encoder.layer[len(backbone.encoder.layer) - k :]
         self.layer = nn.ModuleList(copy.deepcopy(list(layers)))
@@ -73,7 +74,11 @@ class TopLayers(nn.Module):
 class ItemTower(nn.Module):
     """Maps catalogue rows to item vectors (D) and biases, from the cached backbone prefix."""
 
-    def __init__(self, cfg: ModelConfig, cache: PrefixCache, backbone: nn.Module | None = None) -> None:
+    features: torch.Tensor  # (N, H) pooled, k = 0
+    hidden: torch.Tensor  # (N, T, H) float16, k > 0
+    mask: torch.Tensor  # (N, T), k > 0
+
+    def __init__(self, cfg: ModelConfig, cache: PrefixCache, backbone: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
         n, width = cache.num_items, cache.width
@@ -153,7 +158,7 @@ class UserTower(nn.Module):
 class Recommender(nn.Module):
     """Item tower + user tower; ``score`` is a dot product plus an item bias."""
 
-    def __init__(self, cfg: ModelConfig, cache: PrefixCache, num_users: int, backbone: nn.Module | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, cache: PrefixCache, num_users: int, backbone: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.items = ItemTower(cfg, cache, backbone)

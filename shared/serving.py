@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class ServingModel:
         self.mix_w = mw.float().numpy() if mw is not None else np.eye(self.cfg.dim, dtype=np.float32)
         self.mix_b = mb.float().numpy() if mb is not None else np.zeros(self.cfg.dim, np.float32)
         self._lock = threading.Lock()
-        self._text_tower: tuple[object, object, ItemTower] | None = None
+        self._text_tower: tuple[Any, Any, ItemTower] | None = None
 
     @property
     def num_items(self) -> int:
@@ -113,7 +114,7 @@ class ServingModel:
             texts,
             top_layers=self.cfg.top_layers,
             max_length=self.cfg.max_length,
-            progress=False,  # type: ignore[arg-type]
+            progress=False,
         )
         with torch.no_grad():
             feats = _features(tower, cache)

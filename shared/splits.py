@@ -153,7 +153,7 @@ def save_split(split: Split, path: Path) -> None:
         arrays["cold_items"] = split.cold_items
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def load_split(path: Path) -> Split:
