@@ -1,0 +1,47 @@
+"""``fedxrec serve``: run the API with uvicorn, settings from the environment (``FEDXREC_*``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """Parse ``fedxrec serve`` options (each overrides its ``FEDXREC_*`` variable) and run uvicorn."""
+    p = argparse.ArgumentParser(prog="fedxrec serve", description="Serve the explanation API (uvicorn).")
+    p.add_argument("--checkpoint", help="checkpoint directory (FEDXREC_CHECKPOINT)")
+    p.add_argument("--data-dir", help="data directory (FEDXREC_DATA_DIR)")
+    p.add_argument("--state-dir", help="where registered items persist (FEDXREC_STATE_DIR)")
+    p.add_argument("--host", help="bind address (FEDXREC_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (FEDXREC_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (FEDXREC_WORKERS, default 1)")
+    args = p.parse_args(argv)
+    # Workers are separate processes that read their settings from the environment.
+    for name in ("checkpoint", "data_dir", "state_dir", "host", "port", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[f"FEDXREC_{name.upper()}"] = str(value)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import uvicorn
+
+    from server.api.settings import get_settings
+
+    get_settings.cache_clear()
+    s = get_settings()  # fails here, naming the variable, on a bad value
+    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "server.api.main:app",
+        host=s.host,
+        port=s.port,
+        workers=s.workers,
+        log_level=s.log_level,
+        access_log=False,  # the access log would carry client addresses and query strings
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve())

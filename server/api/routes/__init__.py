@@ -1,0 +1,1 @@
+"""One router per resource: health, recommendations (recommend/explain/score), items."""

@@ -1,0 +1,39 @@
+"""Service settings, read from the environment (prefix ``FEDXREC_``) through a cached dependency."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the API needs to start; every field is ``FEDXREC_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDXREC_", extra="ignore")
+
+    checkpoint: Path = Field(default=Path("runs/central/checkpoint"), description="checkpoint directory to serve")
+    data_dir: Path = Field(default=Path("data"), description="data directory holding ml-100k/ and kg/")
+    dataset: str = "ml-100k"
+    kg_version: str = "dbpedia-live-2024"
+    kg_path: Path | None = Field(default=None, description="saved KG (kg.save_graph); built from the catalogue if unset")
+    state_dir: Path = Field(default=Path("runs/api-state"), description="where registered cold-start items persist")
+    token: SecretStr | None = Field(default=None, description="bearer token for writes; unset: writes are refused")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+    log_requests: bool = True
+    max_history: int = Field(default=200, ge=1, description="longest history a request may carry")
+    max_k: int = Field(default=100, ge=1, description="largest k of /v1/recommend")
+    max_score_items: int = Field(default=500, ge=1, description="most candidates /v1/score re-ranks in one call")
+    max_paths: int = Field(default=3, ge=1, le=20, description="paths per recommended item")
+    prior_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="share of the KG prior in a cold item's vector")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings (cached; override this dependency in tests)."""
+    return Settings()
