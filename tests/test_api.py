@@ -140,7 +140,9 @@ def test_explain_one_item(client: TestClient) -> None:
         ("/v1/score", {"history": [1], "item_ids": []}, 422, ["body", "item_ids"]),
     ],
 )
-def test_bad_input_is_a_4xx_naming_the_field(client: TestClient, path: str, payload: dict, status: int, loc: list) -> None:
+def test_bad_input_is_a_4xx_naming_the_field(
+    client: TestClient, path: str, payload: dict, status: int, loc: list
+) -> None:
     d = _err(client.post(path, json=payload), status)
     assert d["loc"] == loc and d["msg"]
     assert "input" not in d  # request values are not echoed back

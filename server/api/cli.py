@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
 import os
+from typing import Any
 
 
 def serve(argv: list[str] | None = None) -> int:
@@ -31,7 +32,6 @@ def serve(argv: list[str] | None = None) -> int:
 
     get_settings.cache_clear()
     s = get_settings()  # fails here, naming the variable, on a bad value
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "server.api.main:app",
         host=s.host,
@@ -39,8 +39,21 @@ def serve(argv: list[str] | None = None) -> int:
         workers=s.workers,
         log_level=s.log_level,
         access_log=False,  # the access log would carry client addresses and query strings
+        log_config=log_config(s.log_level),
     )
     return 0
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """Uvicorn's logging config plus our loggers (applied in every worker process, unlike basicConfig)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["formatters"]["app"] = {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"}
+    cfg["handlers"]["app"] = {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"}
+    for name in ("server", "kg", "shared"):
+        cfg["loggers"][name] = {"handlers": ["app"], "level": level.upper(), "propagate": False}
+    return cfg
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class HistoryRequest(_Request):
     history: list[ItemId] = Field(
         min_length=1,
         description="the user's items, newest last (never stored or logged)",
-        examples=[[1, 121, 50, 181]],
+        examples=[[1, 7, 50, 100]],
     )
     timestamps: list[Timestamp] | None = Field(
         None, description="optional interaction times, one per history item; the history is then ordered by them"
@@ -41,12 +41,14 @@ class RecommendRequest(HistoryRequest):
 
 
 class ExplainRequest(HistoryRequest):
-    item_id: ItemId = Field(description="the item to explain", examples=[172])
+    item_id: ItemId = Field(description="the item to explain", examples=[11])
     max_paths: int = Field(3, ge=1, le=20, description="paths to return (each through a different entity)")
 
 
 class ScoreRequest(HistoryRequest):
-    item_ids: list[ItemId] = Field(min_length=1, description="candidates to score, e.g. to re-rank a list")
+    item_ids: list[ItemId] = Field(
+        min_length=1, description="candidates to score, e.g. to re-rank a list", examples=[[2, 11, 30]]
+    )
 
 
 class NewItemRequest(_Request):

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="data directory holding ml-100k/ and kg/")
     dataset: str = "ml-100k"
     kg_version: str = "dbpedia-live-2024"
-    kg_path: Path | None = Field(default=None, description="saved KG (kg.save_graph); built from the catalogue if unset")
+    kg_path: Path | None = Field(
+        default=None, description="saved KG (kg.save_graph); built from the catalogue if unset"
+    )
     state_dir: Path = Field(default=Path("runs/api-state"), description="where registered cold-start items persist")
     token: SecretStr | None = Field(default=None, description="bearer token for writes; unset: writes are refused")
     host: str = "127.0.0.1"
@@ -30,7 +32,9 @@ class Settings(BaseSettings):
     max_k: int = Field(default=100, ge=1, description="largest k of /v1/recommend")
     max_score_items: int = Field(default=500, ge=1, description="most candidates /v1/score re-ranks in one call")
     max_paths: int = Field(default=3, ge=1, le=20, description="paths per recommended item")
-    prior_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="share of the KG prior in a cold item's vector")
+    prior_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of the KG prior in a cold item's vector"
+    )
 
 
 @lru_cache

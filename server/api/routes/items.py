@@ -43,6 +43,7 @@ async def get_item(service: ServiceDep, item_id: Annotated[int, Path(ge=0, le=2*
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(require_token)],
     responses={
+        400: {"model": schemas.ErrorMessage, "description": "the body could not be read (not UTF-8)"},
         401: {"model": schemas.ErrorMessage, "description": "missing or invalid bearer token"},
         422: {"model": schemas.ErrorList, "description": "invalid item (the field is named)"},
     },

@@ -13,6 +13,7 @@ from server.api.routes import convert
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": schemas.ErrorMessage, "description": "the body could not be read (not UTF-8)"},
     404: {"model": schemas.ErrorList, "description": "an item id is unknown (the field is named)"},
     422: {"model": schemas.ErrorList, "description": "invalid request (the field is named)"},
 }
