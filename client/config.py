@@ -1,0 +1,140 @@
+"""Typed client-side settings, parsed once from Flower's flat ``run_config`` and ``node_config``.
+
+Run-config namespaces read here: ``local.*`` (:class:`LocalConfig`) and ``dp.*`` (:class:`PrivacyConfig`),
+plus the shared ``data.*``, ``model.*`` and ``train.*`` (:mod:`shared.config`). Unknown keys in these
+namespaces are a :class:`~shared.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shared.config import Config, ModelConfig, _check, config_from_flat, from_flat
+from shared.errors import ConfigError
+
+
+@dataclass
+class LocalConfig:
+    """A node's local optimisation in one round (``local.*``)."""
+
+    #: passes over the node's training interactions per round
+    epochs: int = 1
+    #: (expected) batch size; under DP the Poisson sampling rate is ``batch_size / n``
+    batch_size: int = 32
+    lr: float = 3e-3
+    #: ``adam`` or ``sgd``; a fresh optimizer each round (no optimizer state is kept)
+    optimizer: str = "adam"
+    #: learning-rate multiplier of the personal vector (it is only trained on this node)
+    personal_lr_scale: float = 10.0
+    #: dtype of the uploaded shared parameters (``float16`` halves the upload)
+    upload_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "local.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.batch_size > 0, "local.batch-size", f"must be > 0, got {self.batch_size}")
+        _check(self.lr > 0, "local.lr", f"must be > 0, got {self.lr}")
+        _check(self.optimizer in ("adam", "sgd"), "local.optimizer", f"adam|sgd, got {self.optimizer!r}")
+        _check(self.personal_lr_scale > 0, "local.personal-lr-scale", f"must be > 0, got {self.personal_lr_scale}")
+        _check(
+            self.upload_dtype in ("float16", "float32"),
+            "local.upload-dtype",
+            f"float16|float32, got {self.upload_dtype!r}",
+        )
+
+
+@dataclass
+class PrivacyConfig:
+    """Record-level DP-SGD on each node (``dp.*``). The privacy unit is one interaction."""
+
+    enabled: bool = False
+    #: target ε for the whole run; > 0 computes the noise multiplier once from the planned steps,
+    #: 0 uses ``noise_multiplier`` as given
+    target_epsilon: float = 0.0
+    noise_multiplier: float = 1.0
+    #: per-sample gradient clipping norm
+    max_grad_norm: float = 1.0
+    #: δ; a node with more than 1/δ examples uses δ = 1/n instead (δ ≤ 1/n always)
+    delta: float = 1e-3
+    #: cryptographically secure noise and sampling (needs the ``torchcsprng`` package)
+    secure_rng: bool = False
+    #: rank with the device's own history summary at evaluation (post-processing on the device)
+    eval_history: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.target_epsilon >= 0, "dp.target-epsilon", f"must be >= 0, got {self.target_epsilon}")
+        _check(self.noise_multiplier >= 0, "dp.noise-multiplier", f"must be >= 0, got {self.noise_multiplier}")
+        _check(self.max_grad_norm > 0, "dp.max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
+        _check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
+        if self.enabled and self.target_epsilon == 0 and self.noise_multiplier == 0:
+            raise ConfigError("dp.noise-multiplier", "must be > 0 when dp.enabled and no dp.target-epsilon")
+
+
+@dataclass
+class ClientRunConfig:
+    """Everything a node needs from ``run_config``."""
+
+    core: Config = field(default_factory=Config)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    dp: PrivacyConfig = field(default_factory=PrivacyConfig)
+    num_rounds: int = 1
+    #: the server's planned fraction of nodes per training round (for planning the DP noise)
+    fraction_train: float = 1.0
+
+    @property
+    def model(self) -> ModelConfig:
+        """The model this node trains.
+
+        Under record-level DP the user side is the personal vector only: a sample's loss must depend
+        on that interaction alone (DESIGN decision 4a).
+        """
+        m = self.core.model
+        return replace(m, user_mode="personal") if self.dp.enabled else m
+
+
+def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
+    """Parse a flat Flower run config (empty: every default)."""
+    rounds = int(flat.get("num-server-rounds", 1))
+    frac = float(flat.get("fed.fraction-train", 1.0))
+    if rounds < 1:
+        raise ConfigError("num-server-rounds", f"must be >= 1, got {rounds}")
+    if not 0 < frac <= 1:
+        raise ConfigError("fed.fraction-train", f"must be in (0, 1], got {frac}")
+    return ClientRunConfig(
+        core=config_from_flat(flat),
+        local=from_flat(LocalConfig, flat, "local"),
+        dp=from_flat(PrivacyConfig, flat, "dp"),
+        num_rounds=rounds,
+        fraction_train=frac,
+    )
+
+
+@dataclass
+class NodeSpec:
+    """Where a node's data comes from (``node_config``)."""
+
+    #: simulation: this node's partition of the dataset's users
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    #: real device: its own interactions file (``u.data`` or ``ratings.csv`` format)
+    data_path: str | None = None
+    #: real device: the shared catalogue directory (``u.item``+``u.genre`` or ``movies.csv``) and item cache
+    catalog_path: str | None = None
+
+
+def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
+    """Parse ``node_config``; a device path wins over a simulation partition."""
+    if "data-path" in flat:
+        if "catalog-path" not in flat:
+            raise ConfigError("catalog-path", "a node with data-path also needs catalog-path (the shared catalogue)")
+        return NodeSpec(data_path=str(flat["data-path"]), catalog_path=str(flat["catalog-path"]))
+    if "partition-id" in flat and "num-partitions" in flat:
+        pid, num = int(flat["partition-id"]), int(flat["num-partitions"])
+        if not 0 <= pid < num:
+            raise ConfigError("partition-id", f"must be in [0, {num}), got {pid}")
+        return NodeSpec(partition_id=pid, num_partitions=num)
+    raise ConfigError(
+        "node_config",
+        f"needs data-path and catalog-path (device) or partition-id and num-partitions (simulation); got {sorted(flat)}",
+    )

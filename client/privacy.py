@@ -1,0 +1,86 @@
+"""Record-level DP bookkeeping for one node: planning the noise, and the accountant kept across rounds.
+
+The privacy unit is **one interaction** (one training sample). Opacus' RDP accountant history
+``[(noise_multiplier, sample_rate, steps), ...]`` is the whole privacy state of a node; it is stored in
+the node's ``context.state`` between rounds, so ε is cumulative over the run even though a fresh
+:class:`~opacus.PrivacyEngine` wraps the model each round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from client.config import PrivacyConfig
+from shared.errors import ConfigError
+
+
+@dataclass
+class NodePrivacy:
+    """A node's DP state: the chosen noise multiplier and the accountant's history."""
+
+    noise_multiplier: float = 0.0
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"noise_multiplier": self.noise_multiplier, "history": self.history})
+
+    @classmethod
+    def from_json(cls, text: str) -> NodePrivacy:
+        d = json.loads(text)
+        return cls(float(d["noise_multiplier"]), [(float(a), float(b), int(c)) for a, b, c in d["history"]])
+
+    def epsilon(self, delta: float) -> float:
+        """Cumulative ε at ``delta`` over every step taken so far (0 before any step)."""
+        if not self.history:
+            return 0.0
+        acc = RDPAccountant()
+        acc.history = list(self.history)
+        return float(acc.get_epsilon(delta))
+
+
+def node_delta(cfg: PrivacyConfig, num_examples: int) -> float:
+    """δ for a node with ``num_examples`` training interactions: the configured δ, at most 1/n."""
+    return min(cfg.delta, 1.0 / max(num_examples, 1))
+
+
+def sample_rate(num_examples: int, batch_size: int) -> float:
+    """Poisson sampling rate of a node's local batches (Opacus: 1 / number of batches per epoch)."""
+    return 1.0 / math.ceil(num_examples / batch_size)
+
+
+def planned_participations(num_rounds: int, fraction: float) -> int:
+    """Rounds a node is planned to train in: the expectation plus two binomial standard deviations.
+
+    With every node in every round this is exactly ``num_rounds``. With a fraction, a node sampled
+    more often than planned ends above the target ε (its reported ε says so: the accountant counts
+    the steps actually taken).
+    """
+    mean = num_rounds * fraction
+    return min(num_rounds, math.ceil(mean + 2.0 * math.sqrt(mean * (1.0 - fraction))))
+
+
+def plan_noise(
+    cfg: PrivacyConfig, *, num_examples: int, batch_size: int, local_epochs: int, num_rounds: int, fraction: float
+) -> float:
+    """The noise multiplier for this node: fixed, or computed once for the target ε of the run."""
+    if cfg.target_epsilon <= 0:
+        return cfg.noise_multiplier
+    q = sample_rate(num_examples, batch_size)
+    steps = planned_participations(num_rounds, fraction) * local_epochs * round(1 / q)
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                target_delta=node_delta(cfg, num_examples),
+                sample_rate=q,
+                steps=steps,
+                accountant="rdp",
+            )
+        )
+    except ValueError as e:
+        raise ConfigError("dp.target-epsilon", f"cannot reach ε={cfg.target_epsilon}: {e}") from e

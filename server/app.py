@@ -1,0 +1,23 @@
+"""The fedxrec ServerApp: one ``main`` that parses the run config and runs the round loop."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.config import parse_server_config
+from server.loop import run_federated
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Federated training of the shared parameters (FedAvg / FedAdam / FedProx, optional user-level DP)."""
+    rc = parse_server_config(context.run_config)
+    if rc.fed.secagg:
+        from server.secagg import run_secagg
+
+        run_secagg(grid, context, rc)
+    else:
+        run_federated(grid, rc)

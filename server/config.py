@@ -1,0 +1,116 @@
+"""Typed server-side settings (``fed.*`` in the run config) and the model the server aggregates."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shared.config import Config, ModelConfig, _check, config_from_flat, from_flat
+from shared.errors import ConfigError
+
+
+@dataclass
+class FedConfig:
+    """Federation settings: strategy, sampling, update hygiene, user-level DP, SecAgg+, outputs."""
+
+    #: ``fedavg`` | ``fedadam`` | ``fedprox``
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    #: federated evaluation every this many rounds (and always at the last round)
+    eval_every: int = 1
+    min_nodes: int = 2
+    #: FedAdam server learning rate (eta) and adaptivity (tau)
+    server_lr: float = 0.01
+    server_tau: float = 1e-3
+    #: FedProx proximal weight
+    proximal_mu: float = 0.01
+    #: an update whose L2 distance to the global model exceeds this is dropped (0: no bound)
+    max_update_norm: float = 50.0
+    #: ``off`` | ``fixed`` | ``adaptive``: user-level DP by server-side clipping (Flower's wrappers)
+    user_dp: str = "off"
+    user_dp_noise: float = 1.0
+    user_dp_clip: float = 1.0
+    user_dp_delta: float = 1e-3
+    #: secure aggregation (SecAgg+, legacy Flower workflow; needs at least 3 nodes)
+    secagg: bool = False
+    secagg_shares: int = 3
+    secagg_threshold: int = 2
+    secagg_clip_range: float = 8.0
+    #: central evaluation of the global model on the whole dataset (simulation only)
+    central_eval: bool = True
+    #: where runs write logs, plots and checkpoints (empty: $FEDXREC_RUNS_DIR or ./runs)
+    out_dir: str = ""
+    run_name: str = "fed"
+    resume: bool = True
+    timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.strategy in ("fedavg", "fedadam", "fedprox"),
+            "fed.strategy",
+            f"fedavg|fedadam|fedprox, got {self.strategy!r}",
+        )
+        _check(0 < self.fraction_train <= 1, "fed.fraction-train", f"must be in (0, 1], got {self.fraction_train}")
+        _check(
+            0 <= self.fraction_evaluate <= 1,
+            "fed.fraction-evaluate",
+            f"must be in [0, 1], got {self.fraction_evaluate}",
+        )
+        _check(self.eval_every >= 1, "fed.eval-every", f"must be >= 1, got {self.eval_every}")
+        _check(self.min_nodes >= 1, "fed.min-nodes", f"must be >= 1, got {self.min_nodes}")
+        _check(self.max_update_norm >= 0, "fed.max-update-norm", f"must be >= 0, got {self.max_update_norm}")
+        _check(self.user_dp in ("off", "fixed", "adaptive"), "fed.user-dp", f"off|fixed|adaptive, got {self.user_dp!r}")
+        _check(self.user_dp_noise >= 0, "fed.user-dp-noise", f"must be >= 0, got {self.user_dp_noise}")
+        _check(self.user_dp_clip > 0, "fed.user-dp-clip", f"must be > 0, got {self.user_dp_clip}")
+        _check(0 < self.user_dp_delta < 1, "fed.user-dp-delta", f"must be in (0, 1), got {self.user_dp_delta}")
+        if self.secagg:
+            _check(self.min_nodes >= 3, "fed.min-nodes", "SecAgg+ needs at least 3 nodes")
+            _check(self.strategy == "fedavg", "fed.strategy", "SecAgg+ runs with fedavg only")
+            _check(self.user_dp == "off", "fed.user-dp", "SecAgg+ and server-side clipping exclude each other")
+
+    def runs_dir(self) -> Path:
+        return Path(self.out_dir or os.environ.get("FEDXREC_RUNS_DIR", "runs")).resolve() / self.run_name
+
+
+@dataclass
+class ServerRunConfig:
+    core: Config = field(default_factory=Config)
+    fed: FedConfig = field(default_factory=FedConfig)
+    num_rounds: int = 3
+    dp_enabled: bool = False
+    dp_delta: float = 1e-3
+    local_lr: float = 3e-3
+
+    @property
+    def model(self) -> ModelConfig:
+        """The aggregated model: under record-level DP the user side is personal-only (DESIGN 4a)."""
+        m = self.core.model
+        return replace(m, user_mode="personal") if self.dp_enabled else m
+
+
+def _bool(flat: Mapping[str, Any], key: str) -> bool:
+    v = flat.get(key, False)
+    if isinstance(v, str):
+        if v.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(key, f"expected a boolean, got {v!r}")
+        return v.lower() in ("true", "1")
+    return bool(v)
+
+
+def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
+    """Parse the flat run config (the client namespaces ``local.*``/``dp.*`` are read by the nodes)."""
+    rounds = int(flat.get("num-server-rounds", 3))
+    if rounds < 1:
+        raise ConfigError("num-server-rounds", f"must be >= 1, got {rounds}")
+    return ServerRunConfig(
+        core=config_from_flat(flat),
+        fed=from_flat(FedConfig, flat, "fed"),
+        num_rounds=rounds,
+        dp_enabled=_bool(flat, "dp.enabled"),
+        dp_delta=float(flat.get("dp.delta", 1e-3)),
+        local_lr=float(flat.get("local.lr", 3e-3)),
+    )

@@ -1,0 +1,115 @@
+"""Client: the Flower handlers called directly with a built Context and Message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fedfixtures import fed_config, make_context, make_message  # noqa: F401
+from flwr.app import Context, RecordDict
+
+from client import app as capp
+from client.config import parse_node_config, parse_run_config
+from client.data import load_node_data
+from client.train import build_model
+from shared.errors import ConfigError, DataError
+
+
+def _global(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    rc = parse_run_config(cfg)
+    data = load_node_data(parse_node_config({"partition-id": 0, "num-partitions": 4}), rc.core)
+    return {k: v.numpy().copy() for k, v in build_model(rc.model, data, seed=123).shared_state().items()}
+
+
+def test_train_reply_has_shared_parameters_only_and_the_metrics(fed_config: dict) -> None:  # noqa: F811
+    glob = _global(fed_config)
+    ctx = make_context(fed_config, partition=1, partitions=4)
+    reply = capp.train(make_message("train", glob), ctx)
+    arrays = reply.content.array_records["arrays"]
+    assert set(arrays) == set(glob)
+    assert not any(k.startswith("user.personal") for k in arrays)
+    m = reply.content.metric_records["metrics"]
+    assert m["num-examples"] == 2 * 13  # 2 users of 15 interactions, 2 held out each
+    assert {"train-loss", "epsilon", "delta", "upload-bytes"} <= set(m)
+    assert m["upload-bytes"] == sum(a.numpy().nbytes for a in arrays.values())
+    assert arrays["items.proj.weight"].numpy().dtype == np.float16
+    assert "personal" in ctx.state.array_records  # the personal vector stays on the node
+
+
+def test_evaluate_returns_sums_and_counts_only(fed_config: dict) -> None:  # noqa: F811
+    glob = _global(fed_config)
+    reply = capp.evaluate(make_message("evaluate", glob), make_context(fed_config, partition=0, partitions=4))
+    m = reply.content.metric_records["metrics"]
+    assert set(m) == {
+        "val-hits",
+        "val-ndcg",
+        "val-count",
+        "test-hits",
+        "test-ndcg",
+        "test-count",
+        "num-examples",
+        "unit-weight",
+    }
+    assert m["val-count"] == 2 and 0 <= m["test-hits"] <= 2
+
+
+def test_epsilon_grows_across_rounds_that_share_a_node_state(fed_config: dict) -> None:  # noqa: F811
+    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 8.0}
+    glob = _global(cfg)
+    state = RecordDict()
+    eps = []
+    for rnd in (1, 2):
+        reply = capp.train(make_message("train", glob, rnd), make_context(cfg, partition=2, partitions=4, state=state))
+        m = reply.content.metric_records["metrics"]
+        eps.append(m["epsilon"])
+        assert m["delta"] <= 1 / m["num-examples"]
+        glob = {k: v.numpy().astype(np.float32).reshape(glob[k].shape) for k, v in reply.content["arrays"].items()}
+    assert 0 < eps[0] < eps[1] <= 8.0
+    # a fresh state starts the accountant again
+    fresh = capp.train(make_message("train", glob, 3), make_context(cfg, partition=2, partitions=4))
+    assert fresh.content.metric_records["metrics"]["epsilon"] == pytest.approx(eps[0], rel=1e-6)
+
+
+def test_missing_device_data_is_a_clear_error(fed_config: dict, tmp_path) -> None:  # noqa: F811
+    glob = _global(fed_config)
+    ctx = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"data-path": str(tmp_path / "nope.data"), "catalog-path": str(tmp_path)},
+        state=RecordDict(),
+        run_config=fed_config,
+    )
+    with pytest.raises(DataError, match="nope.data"):
+        capp.train(make_message("train", glob), ctx)
+    bad = tmp_path / "bad.data"
+    bad.write_text("1\t2\t3\n")
+    ctx2 = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"data-path": str(bad), "catalog-path": fed_config["data.dir"]},
+        state=RecordDict(),
+        run_config=fed_config,
+    )
+    with pytest.raises(DataError, match=r"bad.data:1: expected 4 tab-separated fields"):
+        capp.train(make_message("train", glob), ctx2)
+    with pytest.raises(ConfigError, match="catalog-path"):
+        parse_node_config({"data-path": "x"})
+
+
+def test_device_node_trains_on_its_own_file(fed_config: dict, tmp_path) -> None:  # noqa: F811
+    src = (tmp_path / "data" / "ml-100k" / "u.data").read_text().splitlines()
+    mine = tmp_path / "device.data"
+    mine.write_text("\n".join(line for line in src if line.split("\t")[0] == "3") + "\n")
+    glob = _global(fed_config)
+    ctx = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"data-path": str(mine), "catalog-path": fed_config["data.dir"]},
+        state=RecordDict(),
+        run_config=fed_config,
+    )
+    m = capp.train(make_message("train", glob), ctx).content.metric_records["metrics"]
+    assert m["num-examples"] == 13
+    e = capp.evaluate(make_message("evaluate", glob), ctx).content.metric_records["metrics"]
+    assert e["test-count"] == 1

@@ -1,0 +1,144 @@
+"""Server: update hygiene, metric aggregation, user-level DP accounting, config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedfixtures import task_identity
+from server.config import FedConfig, parse_server_config
+from server.loop import user_dp_epsilon
+from server.strategy import build_strategy, check_update, sum_eval_metrics
+from shared.errors import ConfigError
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    task_identity()
+
+
+REF = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+
+class _Grid:
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3, 4]
+
+
+def _reply(arrays: dict[str, np.ndarray], n: int, src: int) -> Message:
+    task_identity()
+    ins = Message(RecordDict(), dst_node_id=src, message_type=MessageType.TRAIN)
+    ins.metadata.__dict__["_message_id"] = f"m{src}"
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": n,
+                    "unit-weight": 1,
+                    "train-loss": 1.0,
+                    "epsilon": float(src),
+                    "delta": 1e-3,
+                    "noise-multiplier": 1.0,
+                    "upload-bytes": 100,
+                }
+            ),
+        }
+    )
+    reply = Message(content, reply_to=ins)
+    reply.metadata.__dict__["_src_node_id"] = src
+    return reply
+
+
+def test_bad_updates_are_dropped_and_the_global_model_stays_finite() -> None:
+    strat = build_strategy(FedConfig(max_update_norm=10.0))
+    init = ArrayRecord(array_dict={k: Array(v) for k, v in REF.items()})
+    list(strat.configure_train(1, init, ConfigRecord(), _Grid()))
+    good1 = {"w": np.ones((3, 2), np.float16), "b": np.ones(2, np.float16)}
+    good2 = {"w": 3 * np.ones((3, 2), np.float16), "b": 3 * np.ones(2, np.float16)}
+    nan = {"w": np.full((3, 2), np.nan, np.float32), "b": np.ones(2, np.float32)}
+    shape = {"w": np.ones((2, 3), np.float32), "b": np.ones(2, np.float32)}
+    huge = {"w": 100 * np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)}
+    extra = {**good1, "user.personal.weight": np.ones((1, 2), np.float32)}
+    replies = [
+        _reply(good1, 1, 1),
+        _reply(good2, 3, 2),
+        _reply(nan, 1, 3),
+        _reply(shape, 1, 4),
+        _reply(huge, 1, 5),
+        _reply(extra, 1, 6),
+    ]
+    agg, metrics = strat.aggregate_train(1, replies)
+    assert agg is not None and metrics is not None
+    # weighted by num-examples: (1 * 1 + 3 * 3) / 4
+    np.testing.assert_allclose(agg["w"].numpy(), 2.5 * np.ones((3, 2)))
+    assert agg["w"].numpy().dtype == np.float32
+    reasons = [d.reason for d in strat.report.dropped]
+    assert len(reasons) == 4
+    assert any("NaN" in r for r in reasons) and any("shape" in r for r in reasons)
+    assert any("above the bound" in r for r in reasons) and any("names differ" in r for r in reasons)
+    assert metrics["epsilon-max"] == 2.0 and metrics["upload-bytes-per-client"] == 100
+
+
+def test_all_bad_updates_keep_the_previous_model() -> None:
+    strat = build_strategy(FedConfig())
+    list(
+        strat.configure_train(1, ArrayRecord(array_dict={k: Array(v) for k, v in REF.items()}), ConfigRecord(), _Grid())
+    )
+    agg, _ = strat.aggregate_train(1, [_reply({"w": np.full((3, 2), np.inf, np.float32), "b": REF["b"]}, 1, 1)])
+    assert agg is None and strat.report.kept_previous
+
+
+def test_check_update_accepts_a_scalar_sent_as_shape_one() -> None:
+    clean, why = check_update({"s": np.ones(1, np.float16)}, {"s": np.zeros((), np.float32)}, 0.0)
+    assert clean is not None and clean["s"].shape == () and why == ""
+
+
+def test_federated_metrics_are_sums_over_counts() -> None:
+    recs = [
+        RecordDict(
+            {
+                "m": MetricRecord(
+                    {
+                        "val-hits": 1.0,
+                        "val-ndcg": 0.5,
+                        "val-count": 1.0,
+                        "test-hits": 0.0,
+                        "test-ndcg": 0.0,
+                        "test-count": 1.0,
+                        "num-examples": 1,
+                    }
+                )
+            }
+        ),
+        RecordDict(
+            {
+                "m": MetricRecord(
+                    {
+                        "val-hits": 2.0,
+                        "val-ndcg": 1.0,
+                        "val-count": 3.0,
+                        "test-hits": 3.0,
+                        "test-ndcg": 2.0,
+                        "test-count": 3.0,
+                        "num-examples": 3,
+                    }
+                )
+            }
+        ),
+    ]
+    m = sum_eval_metrics(recs, "num-examples")
+    assert m["val-hr@10"] == pytest.approx(0.75) and m["test-ndcg@10"] == pytest.approx(0.5)
+
+
+def test_user_level_epsilon_grows_with_rounds_and_shrinks_with_sampling() -> None:
+    e10, e20 = user_dp_epsilon(1.0, 0.1, 10, 1e-3), user_dp_epsilon(1.0, 0.1, 20, 1e-3)
+    assert 0 < e10 < e20 < user_dp_epsilon(1.0, 1.0, 20, 1e-3)
+
+
+def test_server_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="fed.strategy"):
+        parse_server_config({"fed.strategy": "fedsgd"})
+    with pytest.raises(ConfigError, match="fed.min-nodes"):
+        parse_server_config({"fed.secagg": True, "fed.min-nodes": 2})
+    assert parse_server_config({"dp.enabled": True}).model.user_mode == "personal"
