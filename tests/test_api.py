@@ -253,3 +253,12 @@ def test_lifespan_loads_from_settings(world: tuple[Path, Path], tmp_path: Path) 
     props = spec["components"]["schemas"]["RecommendRequest"]["properties"]
     assert props["history"]["maxItems"] == 50 and props["k"]["maximum"] == 30
     assert spec["paths"]["/v1/items"]["post"]["security"]
+
+
+def test_serve_names_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.api.cli import serve
+
+    monkeypatch.setenv("FEDXREC_WORKERS", "0")
+    with pytest.raises(SystemExit, match="FEDXREC_WORKERS"):
+        serve(["--port", "8123"])
+    get_settings.cache_clear()

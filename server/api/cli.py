@@ -27,11 +27,16 @@ def serve(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import uvicorn
+    from pydantic import ValidationError
 
     from server.api.settings import get_settings
 
     get_settings.cache_clear()
-    s = get_settings()  # fails here, naming the variable, on a bad value
+    try:
+        s = get_settings()
+    except ValidationError as e:
+        bad = "; ".join(f"FEDXREC_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise SystemExit(f"fedxrec serve: bad setting: {bad}") from None
     uvicorn.run(
         "server.api.main:app",
         host=s.host,
