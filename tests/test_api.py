@@ -259,6 +259,7 @@ def test_serve_names_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from server.api.cli import serve
 
     monkeypatch.setenv("FEDXREC_WORKERS", "0")
+    monkeypatch.setenv("FEDXREC_PORT", "8000")  # serve() writes --port here; monkeypatch restores it
     with pytest.raises(SystemExit, match="FEDXREC_WORKERS"):
         serve(["--port", "8123"])
     get_settings.cache_clear()
