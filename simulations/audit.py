@@ -44,22 +44,24 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
     rc = parse_run_config(run_config(overrides))
     prep = prepare(rc.core, progress=False)
     run = ap.AuditRun(rounds=args.rounds, nodes_per_half=args.nodes_per_half, local=LocalConfig(batch_size=64))
-    halves = ap.half_split(prep.split.num_users, run.seed)
+    halves = tuple(h[: args.users_per_half] for h in ap.half_split(prep.split.num_users, run.seed))
     models: dict[str, dict[str, Recommender]] = {}
     train_stats: dict[str, dict[str, Any]] = {}
     for name in ap.RUNS:
         models[name] = {}
         for h, users in zip("AB", halves, strict=True):
             ck_dir = _runs_dir() / f"{name}-{h}" / "checkpoint"
-            if ck_dir.exists() and not args.retrain:
-                ck = load_checkpoint(ck_dir)
-                m = Recommender(ck.config, prep.cache, 1, prep.backbone)
-                m.load_partial({k: v.float() for k, v in ck.shared.items()})
-                stats = ck.meta.get("stats", {})
+            ck = load_checkpoint(ck_dir) if ck_dir.exists() and not args.retrain else None
+            if ck is not None and ck.meta.get("audit") == run.settings() and ck.meta.get("users") == len(users):
+                m = Recommender(ck.config, prep.cache, 1, prep.backbone)  # type: ignore[union-attr]
+                m.load_partial({k: v.float() for k, v in ck.shared.items()})  # type: ignore[union-attr]
+                stats = ck.meta.get("stats", {})  # type: ignore[union-attr]
             else:
                 log.info("training %s on half %s (%d users)", name, h, len(users))
                 m, stats = ap.fedavg_train(prep, users, rc, run, epsilon=ap.RUN_EPSILON[name])
-                save_checkpoint(m, prep.dataset.catalogue.ids, ck_dir, meta={"stats": stats, "audit": run.settings()})
+                save_checkpoint(
+                    m, prep.dataset.catalogue.ids, ck_dir, meta={"stats": stats, "audit": run.settings(), "users": len(users)}
+                )
             models[name][h] = m
             train_stats[f"{name}-{h}"] = stats
     out: dict[str, Any] = {"privacy": {"training": train_stats}}
@@ -91,7 +93,7 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
         "dataset": rc.core.data.dataset,
         "audit-training": run.settings()
         | {"users-per-half": [len(halves[0]), len(halves[1])], "model": dataclasses.asdict(rc.core.model)},
-        "mia": {"users-per-half": 150, "items-per-user": 20, "attacker-knows": "the user's val+test items"},
+        "mia": {"users-per-half": "every trained user, up to 150", "items-per-user": 20, "attacker-knows": "the user's val+test items"},
         "leak": {
             "users": args.leak_users,
             "device-local": dataclasses.asdict(rc.local),
@@ -106,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulations.audit", description=__doc__)
     p.add_argument("--parts", default="mia,leak,faults", help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", ""))
-    p.add_argument("--rounds", type=int, default=5, help="FedAvg rounds of the audited models")
-    p.add_argument("--nodes-per-half", type=int, default=8)
-    p.add_argument("--leak-users", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds of the audited models")
+    p.add_argument("--users-per-half", type=int, default=120, help="users in each of the two disjoint training sets")
+    p.add_argument("--nodes-per-half", type=int, default=4)
+    p.add_argument("--leak-users", type=int, default=40)
     p.add_argument("--retrain", action="store_true", help="retrain the audited models even if checkpointed")
     p.add_argument("--fault-cases", default="corrupt_inputs,poisoned_update,supernode_killed,superlink_restart")
     args = p.parse_args(argv)
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cases = [c.strip() for c in args.fault_cases.split(",") if c.strip()]
         results, settings = run_faults(cases, data_dir=args.data_dir)
-        merge_summary({"faults": results | {"provenance": provenance(settings)}})
+        prov = provenance(settings)
+        merge_summary({"faults": {case: r | {"provenance": prov} for case, r in results.items()}})
         write_readme()
         failed = [c for c, r in results.items() if r.get("status") != "pass"]
         if failed:

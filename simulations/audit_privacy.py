@@ -352,9 +352,13 @@ def upload_leakage(
         for name, ranking in leak_rankings(base, before, after).items():
             prec.setdefault(name, []).append(precision_at_k(ranking, truth, 10))
         rand.append(random_precision(len(truth), prep.split.num_items))
+    # what the server would guess without the upload: the global model's own top items for the probe
+    v0, b0 = base.all_item_vectors()
+    prior = np.argsort(-(base.scale.detach() * v0 @ v0.mean(0) + b0).numpy(), kind="stable")
+    prior_p10 = float(np.mean([precision_at_k(prior, np.unique(prep.split.train[u]), 10) for u in users]))
     means = {name: float(np.mean(v)) for name, v in prec.items()}
     best = max(means, key=lambda k: means[k])
-    out = {"p10": means[best], "best_ranking": best, "random_p10": float(np.mean(rand))}
+    out = {"p10": means[best], "best_ranking": best, "random_p10": float(np.mean(rand)), "prior_p10": prior_p10}
     out.update({f"p10_{k}": v for k, v in means.items()})
     if noise:
         out["noise_multiplier_mean"] = float(np.mean(noise))
