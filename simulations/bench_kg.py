@@ -1,0 +1,586 @@
+"""KG benchmarks (issue 4): item cold start through KG neighbours, and path explanations.
+
+**Cold start** (``cold.<method>`` = HR@10 and Recall@20 for ``random``, ``text``, ``kg``, ``text+kg``):
+the central model (history mode, no ID residual) is trained on the item cold-start split of ml-100k
+(20% of items never seen in training; negatives from warm items only). A cold item then gets
+
+* ``text``: the trained item tower's vector of its own text, bias = mean warm bias;
+* ``kg``: :func:`kg.neighbour_prior` over the warm items' trained vectors, the cold item having been
+  inserted with :func:`kg.add_item` (catalogue metadata only) into a graph built from warm items;
+  bias = its neighbours' weighted mean bias (the same prior, over the bias column);
+* ``text+kg``: ``alpha * text + (1 - alpha) * kg`` for the vector and the bias;
+* ``random``: seeded uniform scores.
+
+A constant bias shared by every cold item changes neither HR@10 (every candidate is cold) nor
+Recall@20 (only cold items are ranked), so the text bias choice is immaterial. Test users (those with
+a cold test item) are split by a seeded permutation into a *tuning* half and a *report* half: the
+mix weight (and the KG prior's neighbour cap) are chosen on the tuning half only; every
+``cold.<method>`` figure is measured on the report half. HR@10 ranks each user's latest cold
+interaction against its 99 sampled cold negatives; Recall@20 ranks all cold items (relevant: the
+user's cold items). The user vector reads the user's warm training items plus the validation item.
+
+**Explanations** (``explain.*``): for every ml-100k P1 test user, the checkpoint's top-10 over
+items not in the history (training items + validation item), explained by :func:`kg.explain_items`
+with a cosine similarity of the checkpoint's item vectors, then Fidelity@10, faithfulness, LIR, SEP,
+ETD (:mod:`kg.metrics`), counterfactual necessity (``pn_score``, ``pn_rank``: the history without the
+linking item, rescored by :class:`shared.serving.ServingModel`), milliseconds to explain one user's
+top-10 (paths and sentences, not scoring), and an explanation-aware re-ranking of the top-50
+(``explain.rerank.*``: its LIR/SEP/ETD and the full-ranking NDCG@10/HR@10 of the test item before
+and after).
+
+Usage: ``python -m simulations.bench_kg [--checkpoint PATH] [--data-dir DIR] [--parts cold,explain]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import kg
+from kg.errors import NoNeighboursError
+from kg.paths import PathScoring
+from kg.schema import RELATION_WEIGHTS
+from shared.central import train_central
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.config import Config, DataConfig, ModelConfig, TrainConfig
+from shared.data import Dataset, load_dataset
+from shared.metrics import hit_rate, ndcg, rank_of_target, recall_at_k
+from shared.model import Recommender
+from shared.pipeline import _kg_kwargs, build_model, data_dir, prepare
+from shared.serving import ServingModel
+from shared.splits import Split, cached_split
+from shared.training import eval_histories
+from simulations.report import write_readme
+from simulations.results import merge_summary, provenance
+
+log = logging.getLogger("fedxrec.bench_kg")
+
+COLD_METHODS = ("random", "text", "kg", "text+kg")
+ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+BIAS_WEIGHTS: tuple[float | None, ...] = (None, 0.25, 0.5, 0.75, 1.0, 1.5)
+NEIGHBOUR_CAPS: tuple[int | None, ...] = (20, 50, 100, None)
+RERANK_POOL = 50
+
+
+# ============================================================================================ cold
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def budgeted_train(model: Recommender, split: Split, tcfg: TrainConfig, budget_s: float, name: str) -> dict[str, Any]:
+    """:func:`train_central`, stopped after the first epoch that ends past ``budget_s`` seconds.
+
+    The selection is train_central's (best validation HR@10 + NDCG@10); on a stop, the best epoch's
+    weights are restored here. ``budget_s <= 0``: no limit.
+    """
+    t0 = time.perf_counter()
+    best: dict[str, Any] = {"sel": -1.0}
+
+    def on_epoch(epoch: int, point: dict[str, float]) -> None:
+        log.info(
+            "%s epoch %d loss %.4f val HR@10 %.4f NDCG@10 %.4f (%.0f s)",
+            name,
+            epoch,
+            point["loss"],
+            point["val_hr@10"],
+            point["val_ndcg@10"],
+            time.perf_counter() - t0,
+        )
+        sel = point["val_hr@10"] + point["val_ndcg@10"]
+        if sel > best["sel"]:
+            best.update(sel=sel, epoch=epoch, val=point["val_hr@10"], state=copy.deepcopy(model.state_dict()))
+        best["epochs_run"] = epoch + 1
+        if budget_s > 0 and time.perf_counter() - t0 > budget_s and epoch + 1 < tcfg.epochs:
+            raise _OutOfTime
+
+    try:
+        res = train_central(model, split, tcfg, on_epoch=on_epoch)
+        info: dict[str, Any] = {"best_epoch": res.best_epoch, "val_hr@10": res.val["hr@10"], "epochs_run": tcfg.epochs}
+        info["test_hr@10"] = res.test["hr@10"]
+    except _OutOfTime:
+        model.load_state_dict(best["state"])
+        info = {
+            "best_epoch": best["epoch"],
+            "val_hr@10": best["val"],
+            "epochs_run": best["epochs_run"],
+            "stopped": f"time budget {budget_s:.0f} s",
+        }
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    log.info("%s trained: %s", name, info)
+    return info
+
+
+@dataclasses.dataclass
+class ColdModel:
+    """What the cold benchmark needs of the trained model: vectors, biases, user vectors, scale."""
+
+    vectors: np.ndarray  # (N, D) trained tower vectors of every catalogue row (cold rows: text only)
+    bias: np.ndarray  # (N,) trained biases (cold rows: untrained zeros)
+    users: np.ndarray  # (U, D) user vectors (personal + history summary of train + val items)
+    scale: float
+    info: dict[str, Any]
+
+
+def train_cold(
+    cfg: Config, *, cache: Path | None, retrain: bool = False, budget_s: float = 0.0
+) -> tuple[ColdModel, Split, Dataset]:
+    """Train (or reload) the central model on the cold-start split and extract what is scored."""
+    prep = prepare(cfg, progress=False)
+    split = prep.split
+    assert split.cold_items is not None, "cold_fraction must be > 0"
+    model = build_model(cfg.model, prep, split.num_users, seed=cfg.train.seed)
+    key = {
+        "model": dataclasses.asdict(cfg.model),
+        "train": dataclasses.asdict(cfg.train),
+        "data": dataclasses.asdict(cfg.data),
+    }
+    info: dict[str, Any] = {}
+    if cache is not None and cache.exists() and not retrain:
+        saved = torch.load(cache, weights_only=False)
+        if saved.get("key") == key:
+            model.load_state_dict(saved["state"])
+            info = saved["info"]
+            log.info("cold: reusing the trained model in %s (%s)", cache, info)
+    if not info:
+        info = budgeted_train(model, split, cfg.train, budget_s, "cold")
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "state": model.state_dict(), "info": info}, cache)
+    cm = _extract(model, split)
+    cm.info = info
+    return cm, split, prep.dataset
+
+
+@torch.no_grad()
+def _extract(model: Recommender, split: Split) -> ColdModel:
+    model.eval()
+    v, b = model.all_item_vectors()
+    hist = torch.as_tensor(eval_histories(split, "test", model.cfg.history_len))  # warm train + val
+    users = torch.arange(split.num_users)
+    u = model.user(users, v[hist.clamp_min(0)], hist >= 0)
+    return ColdModel(v.numpy(), b.numpy(), u.numpy(), float(model.scale), {})
+
+
+def cold_graph(ds: Dataset, cold_rows: np.ndarray) -> Any:
+    """The KG of the warm catalogue, then every cold item inserted with :func:`kg.add_item`."""
+    cold = set(cold_rows.tolist())
+    items = ds.catalogue.items
+    graph = kg.build_graph([it for r, it in enumerate(items) if r not in cold])
+    for r in sorted(cold):
+        kg.add_item(graph, items[r])  # catalogue metadata only: title, year, genres, entities
+    return graph
+
+
+def kg_priors(
+    graph: Any,
+    ds: Dataset,
+    cm: ColdModel,
+    cold_rows: np.ndarray,
+    warm_rows: np.ndarray,
+    *,
+    max_neighbours: int | None,
+    weights: Mapping[str, float] = RELATION_WEIGHTS,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """KG prior vectors (C, D) and biases (C,) of the cold rows, and how many fell back to text.
+
+    Vector and bias come out of one :func:`kg.neighbour_prior` call over ``[vectors | bias]`` of the
+    warm items, so the bias is the neighbours' weighted mean bias with the same weights.
+    """
+    ids = ds.catalogue.ids
+    table = np.concatenate([cm.vectors[warm_rows], cm.bias[warm_rows, None]], axis=1)
+    row_of = {ids[r]: j for j, r in enumerate(warm_rows.tolist())}
+    mean_bias = float(cm.bias[warm_rows].mean())
+    vecs = np.empty((len(cold_rows), cm.vectors.shape[1]), np.float32)
+    bias = np.empty(len(cold_rows), np.float32)
+    fallback = 0
+    for j, r in enumerate(cold_rows.tolist()):
+        try:
+            p = kg.neighbour_prior(graph, ids[r], table, row_of, weights=weights, max_neighbours=max_neighbours)
+            vecs[j], bias[j] = p[:-1], p[-1]
+        except NoNeighboursError:
+            vecs[j], bias[j] = cm.vectors[r], mean_bias
+            fallback += 1
+    return vecs, bias, fallback
+
+
+@dataclasses.dataclass
+class ColdEval:
+    """Per-user scoring of cold items: HR@10 candidates and full cold ranking."""
+
+    split: Split
+    cm: ColdModel
+    cold_rows: np.ndarray  # (C,)
+    users: np.ndarray  # user positions with a cold test item
+
+    def __post_init__(self) -> None:
+        col = {r: j for j, r in enumerate(self.cold_rows.tolist())}
+        s = self.split
+        self.cand = np.array(
+            [[col[int(s.test[u])], *[col[int(x)] for x in s.test_negatives[u]]] for u in self.users.tolist()]
+        )  # (B, 100) columns into the cold table, target first
+        assert s.seen is not None
+        self.relevant = [np.array([col[x] for x in s.seen[u].tolist() if x in col]) for u in self.users.tolist()]
+
+    def per_user(self, vecs: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hits@10 (B,) and Recall@20 (B,) for cold vectors (C, D) and biases (C,)."""
+        scores = self.cm.scale * self.cm.users[self.users] @ vecs.T + bias  # (B, C)
+        return self.per_user_scores(scores)
+
+    def per_user_scores(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ranks = rank_of_target(np.take_along_axis(scores, self.cand, axis=1), 0)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+        recall = np.array([recall_at_k(top[i : i + 1], [rel], 20) for i, rel in enumerate(self.relevant)])
+        return (ranks < 10).astype(float), recall
+
+
+def run_cold(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cfg = Config(
+        data=DataConfig(dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2),
+        model=ModelConfig(backbone=args.backbone, id_residual=False, user_mode="history"),
+        train=TrainConfig(epochs=args.cold_epochs, seed=0),
+    )
+    cm, split, ds = train_cold(
+        cfg, cache=Path(args.work_dir) / "cold-model.pt", retrain=args.retrain, budget_s=60 * args.budget_min
+    )
+    assert split.cold_items is not None
+    cold_rows = np.sort(split.cold_items)
+    is_cold = np.zeros(split.num_items, bool)
+    is_cold[cold_rows] = True
+    warm_rows = np.flatnonzero(~is_cold)
+    graph = cold_graph(ds, cold_rows)
+
+    test_users = np.flatnonzero(split.test >= 0)
+    perm = np.random.default_rng(args.seed).permutation(test_users)
+    tune_users, report_users = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
+    tune = ColdEval(split, cm, cold_rows, tune_users)
+    report = ColdEval(split, cm, cold_rows, report_users)
+
+    text_v = cm.vectors[cold_rows]
+    text_b = np.full(len(cold_rows), float(cm.bias[warm_rows].mean()), np.float32)
+    priors = {cap: kg_priors(graph, ds, cm, cold_rows, warm_rows, max_neighbours=cap) for cap in NEIGHBOUR_CAPS}
+
+    warm_norm = float(np.linalg.norm(cm.vectors[warm_rows], axis=1).mean())
+
+    def mix(
+        alpha: float, cap: int | None, bias_weight: float | None = None, renorm: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Vector ``alpha * text + (1 - alpha) * kg``; bias the same mix, or ``bias_weight * kg bias``.
+
+        ``renorm``: the KG prior vector is rescaled to the mean norm of warm vectors (a weighted mean
+        of many neighbours shrinks towards their centroid).
+        """
+        kv, kb, _ = priors[cap]
+        if renorm:
+            kv = kv * (warm_norm / np.maximum(np.linalg.norm(kv, axis=1, keepdims=True), 1e-12))
+        b = alpha * text_b + (1 - alpha) * kb if bias_weight is None else bias_weight * kb
+        return alpha * text_v + (1 - alpha) * kv, b
+
+    # ---- choices made on the tuning half only
+    grid = []
+    for cap in NEIGHBOUR_CAPS:
+        for renorm in (False, True):
+            for a in ALPHAS:
+                for lam in BIAS_WEIGHTS:
+                    h, r = tune.per_user(*mix(a, cap, lam, renorm))
+                    grid.append(
+                        {
+                            "alpha": a,
+                            "max_neighbours": cap,
+                            "bias_weight": lam,
+                            "renorm": renorm,
+                            "hr@10": round(float(h.mean()), 4),
+                            "recall@20": round(float(r.mean()), 4),
+                        }
+                    )
+    kg_only = [g for g in grid if g["alpha"] == 0.0 and g["bias_weight"] is None]
+    best_kg = max(kg_only, key=lambda g: (g["hr@10"], g["recall@20"]))
+    best_mix = max(grid, key=lambda g: (g["hr@10"], g["recall@20"]))
+    for g in grid:
+        log.debug("cold tuning half: %s", g)
+    for a in ALPHAS:
+        log.info(
+            "cold tuning half, alpha %.1f: best %s",
+            a,
+            max((g for g in grid if g["alpha"] == a), key=lambda g: g["hr@10"]),
+        )
+    log.info("cold: chosen on the tuning half: kg cap %s; mix %s", best_kg, best_mix)
+
+    # ---- figures on the report half
+    rng = np.random.default_rng(args.seed)
+    out: dict[str, Any] = {}
+    methods = {
+        "text": (text_v, text_b),
+        "kg": mix(0.0, best_kg["max_neighbours"], None, best_kg["renorm"]),
+        "text+kg": mix(best_mix["alpha"], best_mix["max_neighbours"], best_mix["bias_weight"], best_mix["renorm"]),
+    }
+    h, r = report.per_user_scores(rng.random((len(report_users), len(cold_rows))))
+    out["random"] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
+    for name, (v, b) in methods.items():
+        h, r = report.per_user(v, b)
+        out[name] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
+    # for reference only (not the reported protocol): every test user, fixed choices
+    all_users = ColdEval(split, cm, cold_rows, test_users)
+    ref = {name: round(float(all_users.per_user(v, b)[0].mean()), 4) for name, (v, b) in methods.items()}
+    settings = {
+        "model": dataclasses.asdict(cfg.model),
+        "train": dataclasses.asdict(cfg.train),
+        "cold_fraction": cfg.data.cold_fraction,
+        "training": cm.info,
+        "text_bias": "mean warm bias (immaterial: constant over cold items)",
+        "kg_bias": "neighbours' weighted mean bias",
+        "kg_weights": dict(RELATION_WEIGHTS),
+        "kg_fallback_to_text": priors[best_kg["max_neighbours"]][2],
+        "kg_max_neighbours": best_kg["max_neighbours"],
+        "kg_renorm": best_kg["renorm"],
+        "mix_renorm": best_mix["renorm"],
+        "mix_alpha": best_mix["alpha"],
+        "mix_max_neighbours": best_mix["max_neighbours"],
+        "mix_bias": "alpha-mix of text and kg biases"
+        if best_mix["bias_weight"] is None
+        else f"{best_mix['bias_weight']} x kg bias (text bias is a constant)",
+        "tuning": "alpha, neighbour cap, bias weight and prior renorm chosen by HR@10 on a seeded half of the cold test users; "
+        "every figure is on the other half",
+        "tuning_half_best": {"kg": best_kg, "text+kg": best_mix},
+        "users": {"tuning": len(tune_users), "report": len(report_users)},
+        "cold_items": len(cold_rows),
+        "hr@10_all_test_users_reference": ref,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "seed": args.seed,
+    }
+    out["provenance"] = provenance(settings)
+    log.info("cold figures: %s", {k: v for k, v in out.items() if k != "provenance"})
+    return out
+
+
+# ====================================================================================== explain
+
+
+def train_checkpoint(args: argparse.Namespace, path: Path) -> None:
+    """Train the central model (P1 split, default settings) and save it to ``path``."""
+    cfg = Config(
+        data=DataConfig(dir=args.data_dir, cache_dir=args.cache_dir),
+        model=ModelConfig(backbone=args.backbone),
+        train=TrainConfig(epochs=args.epochs),
+    )
+    prep = prepare(cfg, progress=False)
+    model = build_model(cfg.model, prep, prep.split.num_users, seed=cfg.train.seed)
+    res = train_central(
+        model,
+        prep.split,
+        cfg.train,
+        on_epoch=lambda e, p: log.info("central epoch %d val HR@10 %.4f", e, p["val_hr@10"]),
+    )
+    save_checkpoint(model, prep.dataset.catalogue.ids, path, meta={"run": "central (bench_kg)", **res.summary()})
+    log.info("central checkpoint saved to %s: %s", path, res.summary())
+
+
+def user_histories(ds: Dataset, split: Split) -> list[tuple[list[int], list[float]]]:
+    """Per split user: history ids (train + val, time order) and their timestamps."""
+    inter = ds.interactions
+    ts_of: dict[tuple[int, int], int] = {}
+    for u, r, t in zip(inter.users.tolist(), inter.items.tolist(), inter.timestamps.tolist(), strict=True):
+        ts_of[(u, r)] = max(t, ts_of.get((u, r), t))
+    ids = ds.catalogue.ids
+    out = []
+    for p, u in enumerate(split.users.tolist()):
+        rows = split.train[p].tolist()
+        ts = [float(t) for t in split.train_ts[p].tolist()]
+        if split.val[p] >= 0:
+            rows.append(int(split.val[p]))
+            ts.append(float(ts_of[(u, int(split.val[p]))]))
+        out.append(([ids[r] for r in rows], ts))
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(float(np.mean(values)), 4) if len(values) else 0.0
+
+
+def run_explain(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ckpt_path = Path(args.checkpoint)
+    if not (ckpt_path / "fedxrec.json").exists():
+        if not args.train_if_missing:
+            raise SystemExit(
+                f"no checkpoint at {ckpt_path} (run simulations.bench_core --runs central, or --train-if-missing)"
+            )
+        train_checkpoint(args, ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    sm = ServingModel(ckpt)
+    dcfg = DataConfig(dir=args.data_dir, cache_dir=args.cache_dir)
+    ds = load_dataset(dcfg.dataset, data_dir(dcfg), **_kg_kwargs(dcfg))
+    if sm.item_ids != ds.catalogue.ids:
+        raise SystemExit("checkpoint catalogue differs from the dataset's")
+    split = cached_split(ds.interactions, len(ds.catalogue), dcfg.cache_dir, seed=dcfg.split_seed)
+    graph = kg.build_graph(ds.catalogue.items)
+    table = kg.sep_table(graph)
+    ids = np.array(ds.catalogue.ids)
+    unit = sm.vectors / np.maximum(np.linalg.norm(sm.vectors, axis=1, keepdims=True), 1e-12)
+    row_of = sm.row_of
+
+    def sim(a: int, b: int) -> float:
+        return float(unit[row_of[a]] @ unit[row_of[b]])
+
+    def scorer(history: list[int], items: list[int]) -> np.ndarray:
+        return sm.scores(sm.rows(history), sm.rows(items))
+
+    scoring = PathScoring(
+        recency_weight=args.recency_weight,
+        similarity_weight=args.similarity_weight,
+        popularity_share=args.popularity_share,
+    )
+    hists = user_histories(ds, split)
+    # paths start from the history items the model reads (its latest history_len), so that an
+    # explanation never cites an item without influence on the score; metrics use the full history
+    window = args.explain_window if args.explain_window > 0 else sm.cfg.history_len
+    users = range(split.num_users) if args.max_users <= 0 else range(min(args.max_users, split.num_users))
+    acc: dict[str, list[float]] = {
+        k: [] for k in ("fidelity", "faithfulness", "lir", "sep", "etd", "pn_score", "pn_rank")
+    }
+    rr: dict[str, list[float]] = {
+        k: [] for k in ("fidelity", "lir", "sep", "etd", "ndcg_before", "ndcg_after", "hr_before", "hr_after")
+    }
+    ms: list[float] = []
+    cpu_ms: list[float] = []
+    for p in users:
+        history, ts = hists[p]
+        h_rows = sm.rows(history)
+        top_rows, top_scores = sm.top_k(h_rows, RERANK_POOL, exclude=h_rows)
+        top_ids = ids[top_rows].tolist()
+        t, c = time.perf_counter(), time.process_time()
+        exps = kg.explain_items(
+            graph, history[-window:], top_ids[:10], timestamps=ts[-window:], sim=sim, scoring=scoring
+        )
+        ms.append(1000 * (time.perf_counter() - t))
+        cpu_ms.append(1000 * (time.process_time() - c))
+        m = kg.explanation_metrics(graph, exps, history, ts, sep_values=table)
+        for k, v in m.items():
+            acc[k].append(v)
+        acc["pn_score"].append(kg.pn_score(exps, history, scorer))
+        hist_set = set(history)
+        candidates = [i for i in ds.catalogue.ids if i not in hist_set]
+        acc["pn_rank"].append(kg.pn_rank(exps, history, scorer, candidates))
+        # re-ranking of the top-50 (explanations of items 11..50 are computed only for it)
+        more = kg.explain_items(
+            graph, history[-window:], top_ids[10:], timestamps=ts[-window:], sim=sim, scoring=scoring
+        )
+        by_item = {e.item_id: e for e in [*exps, *more]}
+        order = kg.rerank(
+            top_ids, top_scores, by_item, history=history, sep_values=table, weight=args.rerank_weight, timestamps=ts
+        )
+        re_exps = [by_item[i] for i in order[:10]]
+        rm = kg.explanation_metrics(graph, re_exps, history, ts, sep_values=table)
+        for k in ("fidelity", "lir", "sep", "etd"):
+            rr[k].append(rm[k])
+        test_id = int(ids[split.test[p]])
+        before = top_ids.index(test_id) if test_id in top_ids[:10] else 10
+        after = order.index(test_id) if test_id in order[:10] else 10
+        rr["ndcg_before"].append(ndcg(np.array([before]), 10))
+        rr["ndcg_after"].append(ndcg(np.array([after]), 10))
+        rr["hr_before"].append(hit_rate(np.array([before]), 10))
+        rr["hr_after"].append(hit_rate(np.array([after]), 10))
+    out: dict[str, Any] = {
+        "fidelity@10": _mean(acc["fidelity"]),
+        "faithfulness": _mean(acc["faithfulness"]),
+        "lir": _mean(acc["lir"]),
+        "sep": _mean(acc["sep"]),
+        "etd": _mean(acc["etd"]),
+        "pn_score": _mean(acc["pn_score"]),
+        "pn_rank": _mean(acc["pn_rank"]),
+        "ms_per_user": round(float(np.mean(ms)), 3),
+        "ms_per_user_cpu": round(float(np.mean(cpu_ms)), 3),
+        "users": len(ms),
+        "rerank": {
+            "weight": args.rerank_weight,
+            "pool": RERANK_POOL,
+            "fidelity@10": _mean(rr["fidelity"]),
+            "lir": _mean(rr["lir"]),
+            "sep": _mean(rr["sep"]),
+            "etd": _mean(rr["etd"]),
+            "ndcg@10_before": _mean(rr["ndcg_before"]),
+            "ndcg@10_after": _mean(rr["ndcg_after"]),
+            "hr@10_before": _mean(rr["hr_before"]),
+            "hr@10_after": _mean(rr["hr_after"]),
+        },
+    }
+    settings = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_meta": ckpt.meta,
+        "path_scoring": dataclasses.asdict(scoring),
+        "sim": "cosine of checkpoint item vectors",
+        "explain_window": f"paths from the latest {window} history items (the model's history_len: 0 = that)",
+        "history": "train items + validation item, time ordered with timestamps",
+        "top_k": "ServingModel.top_k over all items not in the history",
+        "pn_rank_candidates": "all items not in the history (full ranking)",
+        "ms_per_user": "wall time of kg.explain_items on the top-10 (paths + sentences); ms_per_user_cpu: "
+        "its process CPU time (the wall figure includes waiting for a shared, oversubscribed CPU)",
+        "rerank_ndcg": "full-ranking NDCG@10 / HR@10 of the P1 test item, model order vs re-ranked top-50",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    out["provenance"] = provenance(settings)
+    log.info("explain figures: %s", {k: v for k, v in out.items() if k != "provenance"})
+    return out
+
+
+# ========================================================================================= main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", ""))
+    ap.add_argument("--parts", default="cold,explain")
+    ap.add_argument("--cache-dir", default=".cache/fedxrec", help="split and item-prefix cache")
+    ap.add_argument("--backbone", default="minilm", help="backbone of models trained here")
+    ap.add_argument("--checkpoint", default="runs/central/checkpoint")
+    ap.add_argument("--train-if-missing", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the central model if it must be trained")
+    ap.add_argument("--cold-epochs", type=int, default=15)
+    ap.add_argument("--work-dir", default="runs/kgbench", help="where the cold-split model is cached")
+    ap.add_argument("--retrain", action="store_true", help="retrain the cold-split model even if cached")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--budget-min", type=float, default=0.0, help="stop training models here after this many minutes (0: none)"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--recency-weight", type=float, default=0.5)
+    ap.add_argument("--similarity-weight", type=float, default=1.0)
+    ap.add_argument("--popularity-share", type=float, default=0.5)
+    ap.add_argument(
+        "--explain-window",
+        type=int,
+        default=0,
+        help="latest history items paths may start from (0: model's history_len)",
+    )
+    ap.add_argument("--rerank-weight", type=float, default=0.3)
+    ap.add_argument("--max-users", type=int, default=0, help="explain only the first N users (0: all)")
+    ap.add_argument("--no-write", action="store_true", help="log the figures without writing results/")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    if parts - {"cold", "explain"}:
+        ap.error(f"unknown parts {sorted(parts - {'cold', 'explain'})}")
+    for part, fn in (("cold", run_cold), ("explain", run_explain)):
+        if part in parts:
+            figures = fn(args)
+            if not args.no_write:
+                merge_summary({part: figures})
+    if not args.no_write:
+        write_readme()
+
+
+if __name__ == "__main__":
+    main()
