@@ -1,0 +1,28 @@
+"""Named federated presets: run-config overrides over ``[tool.flwr.app.config]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: the keys the benchmark writes under ``runs.`` in results/summary.json
+SUMMARY_KEYS = ["fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-userdp"]
+
+_DP: dict[str, Any] = {"dp.enabled": True, "dp.max-grad-norm": 1.0, "dp.delta": 0.001}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # non-private, history user mode, every node every round
+    "fed": {},
+    # record-level DP-SGD (privacy unit: one interaction), ε for the whole run
+    "fed-dp-eps8": {**_DP, "dp.target-epsilon": 8.0},
+    "fed-dp-eps4": {**_DP, "dp.target-epsilon": 4.0},
+    "fed-dp-eps1": {**_DP, "dp.target-epsilon": 1.0},
+    # user-level DP: server-side fixed clipping of each node's update + Gaussian noise, sampled nodes
+    "fed-userdp": {
+        "fed.user-dp": "fixed",
+        "fed.user-dp-noise": 1.0,
+        "fed.user-dp-clip": 0.5,
+        "fed.fraction-train": 0.5,
+    },
+    # item cold start: 20% of items never trained on; test items are cold (ranked by the text tower)
+    "fed-cold": {"data.cold-fraction": 0.2},
+}
