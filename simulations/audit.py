@@ -93,7 +93,12 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
         "dataset": rc.core.data.dataset,
         "audit-training": run.settings()
         | {"users-per-half": [len(halves[0]), len(halves[1])], "model": dataclasses.asdict(rc.core.model)},
-        "mia": {"users-per-half": "every trained user, up to 150", "items-per-user": 20, "attacker-knows": "the user's val+test items"},
+        "mia": {
+            "users-per-half": "every trained user, up to 150",
+            "items-per-user": 20,
+            "attacker-knows": "recent: the user's val+test items; history: the user's other training items",
+            "headline": "reference-model calibrated attack, strongest attacker knowledge",
+        },
         "leak": {
             "users": args.leak_users,
             "device-local": dataclasses.asdict(rc.local),
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulations.audit", description=__doc__)
     p.add_argument("--parts", default="mia,leak,faults", help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", ""))
-    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds of the audited models")
+    p.add_argument("--rounds", type=int, default=10, help="FedAvg rounds of the audited models")
     p.add_argument("--users-per-half", type=int, default=120, help="users in each of the two disjoint training sets")
     p.add_argument("--nodes-per-half", type=int, default=4)
     p.add_argument("--leak-users", type=int, default=40)

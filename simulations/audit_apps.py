@@ -81,6 +81,14 @@ def poisoned_apps(
     cfg = dict(config)
     sapp, capp = ServerApp(), ClientApp()
 
+    def ctx(context: Context) -> Context:
+        # Simulation node ids are random per run, and the client seeds its local randomness from
+        # the node id: a stable id per partition makes the clean and the poisoned run comparable
+        # seed for seed, so they differ only by the poisoned client's update.
+        c = _with_config(context, cfg)
+        pid = int(context.node_config.get("partition-id", -1))
+        return c if pid < 0 else Context(run_id=c.run_id, node_id=pid + 1, node_config=c.node_config, state=c.state, run_config=c.run_config)
+
     @sapp.main()
     def _main(grid: Grid, context: Context) -> None:
         sapp_mod.main(grid, _with_config(context, cfg))
@@ -88,14 +96,14 @@ def poisoned_apps(
     @capp.train()
     def _train(msg: Message, context: Context) -> Message:
         server_round = _round(msg)
-        reply = real.train(msg, _with_config(context, cfg))
+        reply = real.train(msg, ctx(context))
         if poisoned_partition is not None and int(context.node_config.get("partition-id", -1)) == poisoned_partition:
             return poison_reply(reply, mode, server_round)
         return reply
 
     @capp.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        return real.evaluate(msg, _with_config(context, cfg))
+        return real.evaluate(msg, ctx(context))
 
     return sapp, capp
 
