@@ -126,3 +126,31 @@ def test_poison_reply_replaces_arrays_and_keeps_metrics() -> None:
     up = upload_of(out)
     assert np.isinf(up["a.weight"]).any() and not np.isnan(up["a.weight"]).any()
     assert out.content.metric_records["metrics"]["num-examples"] == 5
+
+
+def test_mia_pairs_members_nonmembers_and_knowledge() -> None:
+    from shared.splits import Split
+    from simulations.audit_privacy import mia_pairs
+
+    split = Split(
+        users=np.array([1, 2]),
+        train=[np.array([0, 1, 2, 3]), np.array([4, 5, 6])],
+        train_ts=[np.arange(4), np.arange(3)],
+        val=np.array([7, 8]),
+        test=np.array([9, 10]),
+        val_negatives=np.zeros((2, 99), np.int64),
+        test_negatives=np.zeros((2, 99), np.int64),
+        num_items=30,
+    )
+    rng = np.random.default_rng(0)
+    items, labels, known = mia_pairs(split, np.array([0, 1]), 3, rng, known="history", history_len=5)
+    assert labels.sum() == 6 and len(labels) == 12
+    for item, label, row in zip(items, labels, known, strict=True):
+        u = 0 if (row[row >= 0] < 4).all() else 1
+        seen = set(split.train[u].tolist()) | {int(split.val[u]), int(split.test[u])}
+        assert (item in seen) == bool(label)
+        assert item not in row  # the candidate is never part of what the attacker knows
+    items, labels, known = mia_pairs(split, np.array([0]), 2, rng, known="recent", history_len=5)
+    assert known.tolist() == [[7, 9]] * 4
+    with pytest.raises(ValueError, match="known"):
+        mia_pairs(split, np.array([0]), 2, rng, known="all", history_len=5)
