@@ -27,7 +27,7 @@ class LocalConfig:
     #: ``adam`` or ``sgd``; a fresh optimizer each round (no optimizer state is kept)
     optimizer: str = "adam"
     #: learning-rate multiplier of the personal vector (it is only trained on this node)
-    personal_lr_scale: float = 10.0
+    personal_lr_scale: float = 1.0
     #: dtype of the uploaded shared parameters (``float16`` halves the upload)
     upload_dtype: str = "float16"
 

@@ -23,6 +23,9 @@ class FedConfig:
     #: federated evaluation every this many rounds (and always at the last round)
     eval_every: int = 1
     min_nodes: int = 2
+    #: initial value of the shared logit scale (0: the model's own init, 1). Small values keep the
+    #: first rounds' logits (scale * <u, v> / temperature) in range
+    init_scale: float = 0.1
     #: FedAdam server learning rate (eta) and adaptivity (tau)
     server_lr: float = 0.01
     server_tau: float = 1e-3
@@ -61,6 +64,7 @@ class FedConfig:
             f"must be in [0, 1], got {self.fraction_evaluate}",
         )
         _check(self.eval_every >= 1, "fed.eval-every", f"must be >= 1, got {self.eval_every}")
+        _check(self.init_scale >= 0, "fed.init-scale", f"must be >= 0, got {self.init_scale}")
         _check(self.min_nodes >= 1, "fed.min-nodes", f"must be >= 1, got {self.min_nodes}")
         _check(self.max_update_norm >= 0, "fed.max-update-norm", f"must be >= 0, got {self.max_update_norm}")
         _check(self.user_dp in ("off", "fixed", "adaptive"), "fed.user-dp", f"off|fixed|adaptive, got {self.user_dp!r}")

@@ -85,6 +85,9 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     out.mkdir(parents=True, exist_ok=True)
     prep = prep or prepare(rc.core, progress=False)
     model = build_model(rc.model, prep, prep.split.num_users)
+    if rc.fed.init_scale > 0:
+        with torch.no_grad():
+            model.scale.fill_(rc.fed.init_scale)
     ckpt_dir = out / "checkpoint"
     start = _resume(rc, model, ckpt_dir)
     log_path = out / "rounds.jsonl"
