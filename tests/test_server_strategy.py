@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedfixtures import task_identity
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedfixtures import task_identity
 from server.config import FedConfig, parse_server_config
 from server.loop import user_dp_epsilon
 from server.strategy import build_strategy, check_update, sum_eval_metrics
 from shared.errors import ConfigError
+
 
 @pytest.fixture(autouse=True)
 def _identity() -> None:

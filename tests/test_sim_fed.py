@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fedfixtures import fed_config  # noqa: F401
+
 from simulations.runner import configured_apps
 
 
