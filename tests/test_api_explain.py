@@ -11,6 +11,7 @@ from conftest import write_tiny_ml100k
 
 import kg
 from server.api.explain import PathExplainer
+from server.api.routes.convert import explanation_dict
 from shared.data import load_ml100k
 
 
@@ -30,6 +31,8 @@ def _compare(graph: nx.MultiDiGraph, px: PathExplainer, ids: list[int], rng: np.
                 want = kg.explain_items(graph, history, targets, timestamps=ts, sim=s, max_paths=max_paths)
                 got = px.explain(history, targets, timestamps=ts, sim=s, max_paths=max_paths)
                 assert got == want, (history, targets, ts, max_paths)
+                data = px.explain_data(history, targets, timestamps=ts, sim=s, max_paths=max_paths)
+                assert data == [explanation_dict(e) for e in want]
                 checked += sum(len(e.paths) for e in got)
     return checked
 

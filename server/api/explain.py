@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import networkx as nx
 
@@ -35,6 +36,10 @@ _BEST_PW = {rt: max((w for (_, t), w in _PW.items() if t == rt), default=0.0) fo
 _Links = tuple[tuple[str, tuple[str, ...]], ...]
 # A target's entities, best bound first: (bound without recency/similarity, entity, recog, relations)
 _Ranked = list[tuple[float, str, float, tuple[str, ...]]]
+# History index: entity -> [(history node, history item id, recency factor, its relations to the entity)]
+_Index = dict[str, list[tuple[str, int, float, tuple[str, ...]]]]
+# A kept path: ((-score, entity, history item id, history relation), history node, r_h, r_t)
+_Best = tuple[tuple[float, str, int, str], str, str, str]
 
 
 class PathExplainer:
@@ -89,16 +94,41 @@ class PathExplainer:
         max_paths: int = 3,
     ) -> list[Explanation]:
         """Same contract as :func:`kg.explain_items` with ``per_entity=True`` (and the same errors)."""
+        targets, index = self._prepare(history, item_ids, timestamps, max_paths)
+        return [self._explanation(t, self._best(t, index, sim, max_paths)) for t in targets]
+
+    def explain_data(
+        self,
+        history: Sequence[int],
+        item_ids: Sequence[int],
+        *,
+        timestamps: Sequence[float] | None = None,
+        sim: Similarity | None = None,
+        max_paths: int = 3,
+    ) -> list[dict[str, Any]]:
+        """:meth:`explain` as plain data shaped like ``schemas.ExplanationOut`` (the serving hot path).
+
+        Builds no :class:`kg.Path` objects except the best one per item (for its sentence).
+        """
+        targets, index = self._prepare(history, item_ids, timestamps, max_paths)
+        return [self._data(t, self._best(t, index, sim, max_paths)) for t in targets]
+
+    def _prepare(
+        self,
+        history: Sequence[int],
+        item_ids: Sequence[int],
+        timestamps: Sequence[float] | None,
+        max_paths: int,
+    ) -> tuple[list[str], _Index]:
         if max_paths < 1:
             raise ValueError(f"max_paths must be >= 1, got {max_paths}")
         g, sc = self.graph, self.scoring
         targets = [require_item(g, i) for i in item_ids]
         lir = lir_by_item(history, timestamps, sc.lir_beta)
-        factors: dict[str, float] = {}
-        index: dict[str, list[tuple[str, int, float, tuple[str, ...]]]] = {}
+        index: _Index = {}
         for item, value in lir.items():
             h = require_item(g, item)
-            f = factors[h] = 1.0 - sc.recency_weight + sc.recency_weight * value
+            f = 1.0 - sc.recency_weight + sc.recency_weight * value
             for entity, rels in self._links[h]:
                 link = (h, item, f, rels)
                 links = index.get(entity)
@@ -106,20 +136,57 @@ class PathExplainer:
                     index[entity] = [link]
                 else:
                     links.append(link)
-        return [self._explain_one(t, index, factors, sim, max_paths) for t in targets]
+        return targets, index
 
-    def _explain_one(
+    def _explanation(self, target: str, best: list[_Best]) -> Explanation:
+        t_id = self._item_id[target]
+        paths = tuple(self._path(target, t_id, *b) for b in best)
+        text = sentence(paths[0]) if paths else no_path_sentence(item_label(self.graph, target))
+        return Explanation(t_id, paths, text)
+
+    def _data(self, target: str, best: list[_Best]) -> dict[str, Any]:
+        g = self.graph
+        t_id = self._item_id[target]
+        t_label = item_label(g, target)
+        text = sentence(self._path(target, t_id, *best[0])) if best else no_path_sentence(t_label)
+        paths = []
+        for key, h, r_h, r_t in best:
+            entity = key[1]
+            e = g.nodes[entity]
+            label = e["label"]
+            paths.append(
+                {
+                    "triples": [
+                        {
+                            "head": h,
+                            "relation": r_h,
+                            "tail": entity,
+                            "head_label": item_label(g, h),
+                            "tail_label": label,
+                        },
+                        {"head": target, "relation": r_t, "tail": entity, "head_label": t_label, "tail_label": label},
+                    ],
+                    "history_item": key[2],
+                    "entity": entity,
+                    "entity_label": label,
+                    "entity_type": e["type"],
+                    "score": -key[0],
+                }
+            )
+        return {"item_id": t_id, "sentence": text, "paths": paths}
+
+    def _best(
         self,
         target: str,
-        index: dict[str, list[tuple[str, int, float, tuple[str, ...]]]],
-        factors: dict[str, float],
+        index: _Index,
         sim: Similarity | None,
         max_paths: int,
-    ) -> Explanation:
-        g, sw = self.graph, self.scoring.similarity_weight
+    ) -> list[_Best]:
+        """The best path through each of the top ``max_paths`` shared entities, best first."""
+        sw = self.scoring.similarity_weight
         t_id = self._item_id[target]
         sim_cache: dict[str, float] = {}
-        best: list[tuple[tuple[float, str, int, str], str, str, str]] = []  # (key, h, r_h, r_t)
+        best: list[_Best] = []
         kth = -1.0  # score of the max_paths-th best so far (-1: fewer found)
         for bound, entity, recog, rels_t in self._ranked_links(target):
             if bound < kth:
@@ -152,9 +219,7 @@ class PathExplainer:
                 best.sort(key=lambda b: b[0])
                 if len(best) >= max_paths:
                     kth = -best[max_paths - 1][0][0]
-        paths = tuple(self._path(target, t_id, *b) for b in best[:max_paths])
-        text = sentence(paths[0]) if paths else no_path_sentence(item_label(g, target))
-        return Explanation(t_id, paths, text)
+        return best[:max_paths]
 
     def _path(self, target: str, t_id: int, key: tuple[float, str, int, str], h: str, r_h: str, r_t: str) -> Path:
         g = self.graph

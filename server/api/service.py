@@ -81,7 +81,7 @@ class Scored:
 
     item: Item
     score: float
-    explanation: kg.Explanation | None
+    explanation: dict[str, Any] | None  # shaped like schemas.ExplanationOut
 
 
 def checkpoint_id(path: Path) -> str:
@@ -231,10 +231,10 @@ class Service:
         rows = self._history_rows(history, timestamps)
         top, scores = self.model.top_k(rows, k, rows if exclude_seen else None)
         ids = [self.model.item_ids[r] for r in top]
-        explanations: list[kg.Explanation | None] = [None] * len(ids)
+        explanations: list[dict[str, Any] | None] = [None] * len(ids)
         if explain and ids:
             explanations = list(
-                self.explainer.explain(
+                self.explainer.explain_data(
                     history,
                     ids,
                     timestamps=timestamps,

@@ -34,7 +34,7 @@ async def recommend(req: schemas.RecommendRequest, service: ServiceDep) -> Respo
             "year": r.item.year,
             "genres": r.item.genres,
             "score": r.score,
-            "explanation": convert.explanation_dict(r.explanation) if r.explanation is not None else None,
+            "explanation": r.explanation,
         }
         for r in ranked
     ]
