@@ -51,7 +51,11 @@ class PathExplainer:
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the per-item link tables and drop cached entity scores (the graph changed)."""
+        """Rebuild the per-item tables and entity scores (the graph changed; ~0.1 s on ml-100k).
+
+        Adding an item changes every entity's specificity (it depends on the number of items), so
+        the whole table is recomputed rather than patched.
+        """
         g = self.graph
         self._stats = graph_stats(g)
         self._links: dict[str, _Links] = {
@@ -62,6 +66,8 @@ class PathExplainer:
         self._item_id: dict[str, int] = {n: g.nodes[n]["item_id"] for n in self._links}
         self._recog: dict[str, float] = {}
         self._ranked: dict[str, _Ranked] = {}
+        for n in self._links:  # eagerly, so the tables are built (and GC-frozen) before serving
+            self._ranked_links(n)
 
     def _ranked_links(self, target: str) -> _Ranked:
         r = self._ranked.get(target)
