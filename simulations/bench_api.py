@@ -7,7 +7,7 @@ Histories are the 20 latest items of real ml-100k users. Figures are merged into
 ``results/summary.json`` under ``api`` (``p50_ms``, ``p99_ms``, ``rps`` at the highest
 concurrency, ``c1_p50_ms`` ...) with the command and settings that produced them.
 
-    python -m simulations.bench_api --checkpoint runs/central/checkpoint --data-dir /path/to/data
+    python -m simulations.bench_api [--checkpoint runs/central/checkpoint] [--data-dir $FEDXREC_DATA_DIR]
 """
 
 from __future__ import annotations
@@ -125,7 +125,11 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> Non
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint",
+        default=os.environ.get("FEDXREC_CHECKPOINT", "runs/central/checkpoint"),
+        help="checkpoint to serve ($FEDXREC_CHECKPOINT, else runs/central/checkpoint)",
+    )
     p.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", "data"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", default="1,32", help="comma-separated levels; the last is reported as api.rps")
