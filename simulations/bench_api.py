@@ -107,20 +107,25 @@ async def load(port: int, bodies: list[bytes], concurrency: int, total: int, max
     }
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], workers: int, timeout: float) -> None:
+    """Until ``workers`` distinct worker processes have answered ``/health`` (each is listening)."""
     import httpx
 
+    seen: set[int] = set()
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} (see its log)")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
+            r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)  # a new connection each time
+            if r.status_code == 200:
+                seen.add(r.json()["worker_pid"])
+                if len(seen) >= workers:
+                    return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready after {timeout}s")
+        time.sleep(0.1 if seen else 0.3)
+    raise RuntimeError(f"{len(seen)} of {workers} workers ready after {timeout}s")
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with open(log_path, "wb") as server_log:
         proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(port, proc, timeout=120)
+            _wait_ready(port, proc, args.workers, timeout=180)
             hist = histories(data_dir, args.history_len, 200)
             bodies = [
                 _raw_post(port, "/v1/recommend", {"history": h, "k": args.k, "exclude_seen": True, "explain": True})

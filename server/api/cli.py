@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import os
+import signal
+import socket
+from multiprocessing.connection import wait
 from typing import Any
+
+APP = "server.api.main:app"
 
 
 def serve(argv: list[str] | None = None) -> int:
@@ -37,16 +43,54 @@ def serve(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         bad = "; ".join(f"FEDXREC_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
         raise SystemExit(f"fedxrec serve: bad setting: {bad}") from None
-    uvicorn.run(
-        "server.api.main:app",
-        host=s.host,
-        port=s.port,
-        workers=s.workers,
-        log_level=s.log_level,
-        access_log=False,  # the access log would carry client addresses and query strings
-        log_config=log_config(s.log_level),
-    )
+    kwargs: dict[str, Any] = {
+        "host": s.host,
+        "port": s.port,
+        "log_level": s.log_level,
+        "access_log": False,  # the access log would carry client addresses and query strings
+        "log_config": log_config(s.log_level),
+    }
+    if s.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        return _run_workers(s.workers, kwargs)
+    uvicorn.run(APP, workers=s.workers, **kwargs)
     return 0
+
+
+def _run_workers(n: int, kwargs: dict[str, Any]) -> int:
+    """Run ``n`` uvicorn processes, each listening on its own ``SO_REUSEPORT`` socket.
+
+    With uvicorn's one shared socket, whichever worker wakes first accepts a whole burst of new
+    connections (a load test's 32 all went to one of two workers); with a socket per worker the
+    kernel spreads connections evenly. A worker that exits stops the others (no restarts).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(kwargs,), name=f"fedxrec-api-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    first = wait([p.sentinel for p in procs])[0]
+    stop(signal.SIGTERM, None)
+    for p in procs:
+        p.join()
+    return next(p.exitcode or 0 for p in procs if p.sentinel == first)
+
+
+def _worker(kwargs: dict[str, Any]) -> None:
+    import uvicorn
+
+    family, kind, proto, _, addr = socket.getaddrinfo(kwargs["host"], kwargs["port"], type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    uvicorn.Server(uvicorn.Config(APP, **kwargs)).run(sockets=[sock])
 
 
 def log_config(level: str) -> dict[str, Any]:

@@ -158,6 +158,7 @@ class CheckpointInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    worker_pid: int = Field(description="process id of the worker that answered")
     uptime_s: float
     model: ModelInfo
     checkpoint: CheckpointInfo

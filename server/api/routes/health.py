@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from fastapi import APIRouter
@@ -19,6 +20,7 @@ async def health(service: ServiceDep) -> schemas.Health:
     cfg = dataclasses.asdict(service.model.cfg)
     return schemas.Health(
         status="ok",
+        worker_pid=os.getpid(),
         uptime_s=round(time.time() - service.started, 3),
         model=schemas.ModelInfo(**{k: cfg[k] for k in schemas.ModelInfo.model_fields}),
         checkpoint=schemas.CheckpointInfo(
