@@ -29,6 +29,27 @@ def _runs_dir() -> Path:
     return Path(os.environ.get("FEDXREC_RUNS_DIR", "runs")).resolve() / "audit"
 
 
+def replace_in_summary(section: str, entries: dict[str, Any]) -> None:
+    """Set ``summary[section][key] = value`` for each entry, replacing (not merging) old values.
+
+    Used for this audit's own keys, so that a re-run leaves no stale sub-keys behind; takes the same
+    lock as :func:`simulations.results.merge_summary`.
+    """
+    import fcntl
+    import json
+
+    from shared.io import atomic_write_text
+    from simulations.results import RESULTS
+
+    path = RESULTS / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.setdefault(section, {}).update(entries)
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -129,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
     from simulations.report import write_readme
-    from simulations.results import merge_summary, provenance
+    from simulations.results import provenance
 
     t0 = time.time()
     if parts & {"mia", "leak"}:
         figures, settings = _privacy(parts, args)
         figures["privacy"]["provenance"] = provenance(settings | {"seconds": round(time.time() - t0, 1)})
-        merge_summary(figures)
+        replace_in_summary("privacy", figures["privacy"])
         write_readme()
     if "faults" in parts:
         from simulations.audit_faults import run_faults
@@ -143,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c.strip() for c in args.fault_cases.split(",") if c.strip()]
         results, settings = run_faults(cases, data_dir=args.data_dir)
         prov = provenance(settings)
-        merge_summary({"faults": {case: r | {"provenance": prov} for case, r in results.items()}})
+        replace_in_summary("faults", {case: r | {"provenance": prov} for case, r in results.items()})
         write_readme()
         failed = [c for c, r in results.items() if r.get("status") != "pass"]
         if failed:
