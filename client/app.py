@@ -1,100 +1,31 @@
 """The fedxrec ClientApp: local DP training and on-device evaluation (Flower Message API).
 
-Handlers only parse the message and the configs, call :mod:`client.train`, and reply.
+The handlers are thin and import the training stack (torch, opacus, the model) on first use: a
+deployed SuperNode may start a fresh ClientApp process per message, and the SecAgg+ key-exchange
+messages need none of it.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-import numpy as np
-import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.config import parse_node_config, parse_run_config
-from client.data import load_node_data
-from client.privacy import NodePrivacy, plan_noise
-from client.state import (
-    load_global,
-    load_privacy,
-    record_of,
-    restore_personal,
-    store_personal,
-    store_privacy,
-    upload_arrays,
-)
-from client.train import build_model, evaluate_node, shared_names, train_dp, train_plain
-from shared.params import num_bytes
+from client.legacy import secagg_when_asked
 
-log = logging.getLogger(__name__)
-torch.set_num_threads(1)  # one simulated node per core; intra-op threads only add overhead here
-
-app = ClientApp()
-
-
-def _node_seed(context: Context, server_round: int) -> int:
-    return (int(context.node_id) * 1_000_003 + server_round) % (2**31)
+app = ClientApp(mods=[secagg_when_asked])
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on this node's interactions; reply with the shared parameters only."""
-    rc = parse_run_config(context.run_config)
-    data = load_node_data(parse_node_config(context.node_config), rc.core)
-    cfg: dict[str, Any] = dict(msg.content.config_records.get("config", {}))
-    server_round = int(cfg.get("server-round", 0))
-    mu = float(cfg.get("proximal-mu", 0.0))
-    rng = np.random.default_rng(_node_seed(context, server_round))
+    from client import handlers
 
-    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
-    names = shared_names(model)
-    load_global(msg.content.array_records["arrays"], model)
-    restore_personal(context.state, model)
-    if rc.dp.enabled:
-        privacy = load_privacy(context.state) or NodePrivacy(
-            noise_multiplier=plan_noise(
-                rc.dp,
-                num_examples=data.num_train(),
-                batch_size=rc.local.batch_size,
-                local_epochs=rc.local.epochs,
-                num_rounds=rc.num_rounds,
-                fraction=rc.fraction_train,
-            )
-        )
-        res = train_dp(model, data, privacy, lcfg=rc.local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
-        store_privacy(context.state, privacy)
-    else:
-        res = train_plain(model, data, lcfg=rc.local, tcfg=rc.core.train, rng=rng, proximal_mu=mu)
-    store_personal(context.state, model)
-
-    upload = upload_arrays(model, names, rc.local.upload_dtype)
-    metrics = MetricRecord(
-        {
-            "num-examples": res.num_examples,
-            "unit-weight": 1,
-            "train-loss": res.loss,
-            "local-steps": res.steps,
-            "epsilon": res.epsilon,
-            "delta": res.delta,
-            "noise-multiplier": res.noise_multiplier,
-            "upload-bytes": num_bytes(upload),
-        }
-    )
-    return Message(RecordDict({"arrays": record_of(upload), "metrics": metrics}), reply_to=msg)
+    return handlers.train(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank this node's own validation and test items; reply with HR/NDCG sums and counts only."""
-    rc = parse_run_config(context.run_config)
-    data = load_node_data(parse_node_config(context.node_config), rc.core)
-    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
-    load_global(msg.content.array_records["arrays"], model)
-    restore_personal(context.state, model)
-    use_history = rc.dp.eval_history if rc.dp.enabled else True
-    m: dict[str, Any] = evaluate_node(model, data, use_history=use_history)
-    m["num-examples"] = m["val-count"]
-    m["unit-weight"] = 1
-    return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)
+    from client import handlers
+
+    return handlers.evaluate(msg, context)

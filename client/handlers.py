@@ -1,0 +1,103 @@
+"""The bodies of the ClientApp handlers: parse the message and configs, call :mod:`client.train`, reply."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from client.config import parse_node_config, parse_run_config
+from client.data import load_node_data
+from client.legacy import evaluate_reply, fit_reply, is_legacy, legacy_inputs
+from client.privacy import NodePrivacy, plan_noise
+from client.state import (
+    load_global,
+    load_privacy,
+    record_of,
+    restore_personal,
+    store_personal,
+    store_privacy,
+    upload_arrays,
+)
+from client.train import build_model, evaluate_node, shared_names, train_dp, train_plain
+from shared.params import num_bytes
+
+log = logging.getLogger(__name__)
+torch.set_num_threads(1)  # one simulated node per core; intra-op threads only add overhead here
+
+
+def _node_seed(context: Context, server_round: int) -> int:
+    return (int(context.node_id) * 1_000_003 + server_round) % (2**31)
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train on this node's interactions; reply with the shared parameters only."""
+    rc = parse_run_config(context.run_config)
+    data = load_node_data(parse_node_config(context.node_config), rc.core)
+    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    names = shared_names(model)
+    legacy = is_legacy(msg)  # a SecAgg+ (legacy workflow) round
+    if legacy:
+        arrays, cfg = legacy_inputs(msg, names, train=True)
+        load_global(record_of(arrays), model)
+    else:
+        cfg = dict(msg.content.config_records.get("config", {}))
+        load_global(msg.content.array_records["arrays"], model)
+    server_round = int(cfg.get("server-round", 0))
+    mu = float(cfg.get("proximal-mu", 0.0))
+    rng = np.random.default_rng(_node_seed(context, server_round))
+    restore_personal(context.state, model)
+    if rc.dp.enabled:
+        privacy = load_privacy(context.state) or NodePrivacy(
+            noise_multiplier=plan_noise(
+                rc.dp,
+                num_examples=data.num_train(),
+                batch_size=rc.local.batch_size,
+                local_epochs=rc.local.epochs,
+                num_rounds=rc.num_rounds,
+                fraction=rc.fraction_train,
+            )
+        )
+        res = train_dp(model, data, privacy, lcfg=rc.local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
+        store_privacy(context.state, privacy)
+    else:
+        res = train_plain(model, data, lcfg=rc.local, tcfg=rc.core.train, rng=rng, proximal_mu=mu)
+    store_personal(context.state, model)
+
+    upload = upload_arrays(model, names, rc.local.upload_dtype)
+    metrics: dict[str, Any] = {
+        "num-examples": res.num_examples,
+        "unit-weight": 1,
+        "train-loss": res.loss,
+        "local-steps": res.steps,
+        "epsilon": res.epsilon,
+        "delta": res.delta,
+        "noise-multiplier": res.noise_multiplier,
+        "upload-bytes": num_bytes(upload),
+    }
+    if legacy:
+        return fit_reply(msg, upload, res.num_examples, metrics)
+    return Message(RecordDict({"arrays": record_of(upload), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Rank this node's own validation and test items; reply with HR/NDCG sums and counts only."""
+    rc = parse_run_config(context.run_config)
+    data = load_node_data(parse_node_config(context.node_config), rc.core)
+    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    if is_legacy(msg):
+        arrays, _ = legacy_inputs(msg, shared_names(model), train=False)
+        load_global(record_of(arrays), model)
+    else:
+        load_global(msg.content.array_records["arrays"], model)
+    restore_personal(context.state, model)
+    use_history = rc.dp.eval_history if rc.dp.enabled else True
+    m: dict[str, Any] = evaluate_node(model, data, use_history=use_history)
+    m["num-examples"] = m["val-count"]
+    m["unit-weight"] = 1
+    if is_legacy(msg):
+        return evaluate_reply(msg, int(m["val-count"]), m)
+    return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)
