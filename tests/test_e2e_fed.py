@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_tiny_ml100k
 
 BIN = Path(sys.executable).parent
