@@ -226,55 +226,47 @@ def read_ml100k_genres(path: Path) -> list[str]:
     return out
 
 
-def read_ml100k_ratings(path: Path) -> tuple[np.ndarray, ...]:
-    """Read ``u.data``: ``user <TAB> item <TAB> rating <TAB> timestamp``."""
-    rows: list[tuple[int, int, float, int]] = []
-    for n, line in _lines(path, "latin-1"):
-        if not line.strip():
-            continue
-        f = line.split("\t")
-        if len(f) != 4:
-            raise DataError(path, f"expected 4 tab-separated fields, got {len(f)}", n)
-        rows.append(
-            (
-                _int(f[0], path, n, "user id"),
-                _int(f[1], path, n, "item id"),
-                _float(f[2], path, n, "rating"),
-                _int(f[3], path, n, "timestamp"),
-            )
-        )
+RatingRow = tuple[int, int, float, int]
+
+
+def _rating_row(f: list[str], path: Path, n: int, names: tuple[str, str], sep: str) -> RatingRow:
+    if len(f) != 4:
+        raise DataError(path, f"expected 4 {sep}-separated fields, got {len(f)}", n)
+    return (
+        _int(f[0], path, n, names[0]),
+        _int(f[1], path, n, names[1]),
+        _float(f[2], path, n, "rating"),
+        _int(f[3], path, n, "timestamp"),
+    )
+
+
+def _rating_arrays(rows: list[RatingRow], path: Path) -> tuple[np.ndarray, ...]:
     if not rows:
         raise DataError(path, "no ratings")
     u, i, r, t = zip(*rows, strict=True)
     return np.array(u, np.int64), np.array(i, np.int64), np.array(r, np.float32), np.array(t, np.int64)
 
 
+def read_ml100k_ratings(path: Path) -> tuple[np.ndarray, ...]:
+    """Read ``u.data``: ``user <TAB> item <TAB> rating <TAB> timestamp``."""
+    rows = [
+        _rating_row(line.split("\t"), path, n, ("user id", "item id"), "tab")
+        for n, line in _lines(path, "latin-1")
+        if line.strip()
+    ]
+    return _rating_arrays(rows, path)
+
+
 def read_movielens_csv_ratings(path: Path) -> tuple[np.ndarray, ...]:
     """Read a MovieLens CSV ``ratings.csv`` (``userId,movieId,rating,timestamp``)."""
-    rows: list[tuple[int, int, float, int]] = []
+    rows: list[RatingRow] = []
     with _open_text(path) as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:4]] != ["userId", "movieId", "rating", "timestamp"]:
             raise DataError(path, "header must be 'userId,movieId,rating,timestamp'", 1)
-        for f in reader:
-            n = reader.line_num
-            if not f:
-                continue
-            if len(f) != 4:
-                raise DataError(path, f"expected 4 comma-separated fields, got {len(f)}", n)
-            rows.append(
-                (
-                    _int(f[0], path, n, "userId"),
-                    _int(f[1], path, n, "movieId"),
-                    _float(f[2], path, n, "rating"),
-                    _int(f[3], path, n, "timestamp"),
-                )
-            )
-    if not rows:
-        raise DataError(path, "no ratings")
-    u, i, r, t = zip(*rows, strict=True)
-    return np.array(u, np.int64), np.array(i, np.int64), np.array(r, np.float32), np.array(t, np.int64)
+        rows = [_rating_row(f, path, reader.line_num, ("userId", "movieId"), "comma") for f in reader if f]
+    return _rating_arrays(rows, path)
 
 
 def read_movielens_csv_items(path: Path) -> tuple[list[Item], list[str]]:
