@@ -143,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=943, help="simulated nodes (943: one user per node)")
     ap.add_argument("--results", default=str(REPO / "results"))
     ap.add_argument("--no-write", action="store_true", help="print, do not merge into summary.json")
+    ap.add_argument("--dp-overhead-only", action="store_true", help="only measure cost.dp_step_overhead")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     results = Path(args.results)
     runs_dir = results / "fed"
     runs_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"runs": {}, "cost": {}}
-    for name in args.presets.split(","):
+    for name in [] if args.dp_overhead_only else args.presets.split(","):
         if name not in PRESETS:
             ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
         ov = dict(PRESETS[name])
