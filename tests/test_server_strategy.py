@@ -143,3 +143,17 @@ def test_server_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="fed.min-nodes"):
         parse_server_config({"fed.secagg": True, "fed.min-nodes": 2})
     assert parse_server_config({"dp.enabled": True}).model.user_mode == "personal"
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedprox"])
+def test_other_strategies_aggregate_through_the_guard(name: str) -> None:
+    strat = build_strategy(FedConfig(strategy=name, server_lr=0.1))
+    init = ArrayRecord(array_dict={k: Array(v) for k, v in REF.items()})
+    msgs = list(strat.configure_train(1, init, ConfigRecord(), _Grid()))
+    if name == "fedprox":
+        assert msgs[0].content["config"]["proximal-mu"] == pytest.approx(0.01)
+    up = {"w": np.ones((3, 2), np.float16), "b": np.ones(2, np.float16)}
+    agg, _ = strat.aggregate_train(1, [_reply(up, 2, 1), _reply(up, 2, 2)])
+    assert agg is not None
+    w = agg["w"].numpy()
+    assert np.isfinite(w).all() and (w > 0).all() and (w <= 1.0 + 1e-6).all()
