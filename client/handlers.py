@@ -12,7 +12,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from client.config import parse_node_config, parse_run_config
 from client.data import load_node_data
 from client.legacy import evaluate_reply, fit_reply, is_legacy, legacy_inputs
-from client.privacy import NodePrivacy, plan_noise
+from client.privacy import NodePrivacy, check_budget, plan_noise
 from client.state import (
     load_global,
     load_privacy,
@@ -60,6 +60,9 @@ def train(msg: Message, context: Context) -> Message:
                 num_rounds=rc.num_rounds,
                 fraction=rc.fraction_train,
             )
+        )
+        check_budget(
+            rc.dp, privacy, num_examples=data.num_train(), batch_size=rc.local.batch_size, local_epochs=rc.local.epochs
         )
         res = train_dp(model, data, privacy, lcfg=rc.local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
         store_privacy(context.state, privacy)

@@ -17,7 +17,11 @@ import numpy as np
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from client.config import PrivacyConfig
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedxrecError
+
+
+class PrivacyBudgetExhausted(FedxrecError):
+    """A node's next round would take its ε past the run's target: it does not train again."""
 
 
 @dataclass
@@ -80,6 +84,27 @@ def planned_participations(num_rounds: int, fraction: float) -> int:
     """
     mean = num_rounds * fraction
     return min(num_rounds, math.ceil(mean + 2.0 * math.sqrt(mean * (1.0 - fraction))))
+
+
+def check_budget(
+    cfg: PrivacyConfig, privacy: NodePrivacy, *, num_examples: int, batch_size: int, local_epochs: int
+) -> None:
+    """Refuse a round whose steps would take the node's ε past ``dp.target-epsilon`` (no-op without one).
+
+    Raises :class:`PrivacyBudgetExhausted`; the node's reply is then an error that the server logs,
+    and the other nodes' updates are aggregated.
+    """
+    if cfg.target_epsilon <= 0:
+        return
+    q = sample_rate(num_examples, batch_size)
+    nxt = NodePrivacy(
+        privacy.noise_multiplier, [*privacy.history, (privacy.noise_multiplier, q, local_epochs * round(1 / q))]
+    )
+    eps = nxt.epsilon(node_delta(cfg, num_examples))
+    if eps > cfg.target_epsilon:
+        raise PrivacyBudgetExhausted(
+            f"privacy budget exhausted: another round would reach ε={eps:.2f} > dp.target-epsilon={cfg.target_epsilon}"
+        )
 
 
 def plan_noise(

@@ -113,3 +113,15 @@ def test_device_node_trains_on_its_own_file(fed_config: dict, tmp_path) -> None:
     assert m["num-examples"] == 13
     e = capp.evaluate(make_message("evaluate", glob), ctx).content.metric_records["metrics"]
     assert e["test-count"] == 1
+
+
+def test_a_node_stops_training_when_its_budget_is_spent(fed_config: dict) -> None:  # noqa: F811
+    from client.privacy import PrivacyBudgetExhausted
+
+    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 2.0, "num-server-rounds": 1}
+    glob = _global(cfg)
+    state = RecordDict()
+    m = capp.train(make_message("train", glob, 1), make_context(cfg, partition=2, partitions=4, state=state))
+    assert 0 < m.content.metric_records["metrics"]["epsilon"] <= 2.0
+    with pytest.raises(PrivacyBudgetExhausted, match="dp.target-epsilon"):
+        capp.train(make_message("train", glob, 2), make_context(cfg, partition=2, partitions=4, state=state))
