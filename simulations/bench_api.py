@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--out", default=None, help="summary.json to merge into (default results/summary.json)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    load_before = os.getloadavg()[0]  # the machine is shared: other work inflates the figures
     data_dir = Path(args.data_dir)
     port = _free_port()
     state = tempfile.mkdtemp(prefix="fedxrec-bench-api-")
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "explain": True,
                 "client": "raw asyncio HTTP/1.1 keep-alive, same host",
                 "cpus": os.cpu_count(),
-                "loadavg_before": os.getloadavg()[0],
+                "loadavg_before": round(load_before, 2),
+                "loadavg_after": round(os.getloadavg()[0], 2),
             }
         ),
     }
