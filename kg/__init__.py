@@ -14,6 +14,7 @@ from kg.errors import (
     NoNeighboursError,
     UnknownItemError,
 )
+from kg.explainer import PathExplainer
 from kg.graph import (
     build_graph,
     catalogue_fingerprint,
@@ -47,6 +48,7 @@ __all__ = [
     "KGVersionError",
     "NoNeighboursError",
     "Path",
+    "PathExplainer",
     "PathScoring",
     "Triple",
     "UnknownItemError",

@@ -173,7 +173,7 @@ def no_path_sentence(target_label: str) -> str:
 # ------------------------------------------------------------------------------------------ search
 
 
-def _recognisability(degree: int, entity_type: str, stats: GraphStats, popularity_share: float) -> float:
+def recognisability(degree: int, entity_type: str, stats: GraphStats, popularity_share: float) -> float:
     n = max(stats.n_items, 3)
     specificity = min(1.0, max(0.0, math.log(n / degree) / math.log(n / 2)))
     d_max = stats.max_degree.get(entity_type, degree)
@@ -206,7 +206,7 @@ def _candidate_paths(
             continue
         e_data = graph.nodes[entity]
         degree = entity_degree(graph, entity)
-        recog = _recognisability(degree, e_data["type"], stats, scoring.popularity_share)
+        recog = recognisability(degree, e_data["type"], stats, scoring.popularity_share)
         for h, rels_h in links:
             if h == target:
                 continue

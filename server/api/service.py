@@ -24,9 +24,9 @@ import numpy as np
 
 import kg
 from kg.coldstart import DEFAULT_MAX_NEIGHBOURS
+from kg.explainer import PathExplainer
 from kg.graph import item_node
 from kg.schema import display_title
-from server.api.explain import PathExplainer
 from server.api.settings import Settings
 from server.api.store import ColdItemStore, StoreError
 from shared.checkpoint import load_checkpoint

@@ -10,7 +10,7 @@ import pytest
 from conftest import write_tiny_ml100k
 
 import kg
-from server.api.explain import PathExplainer
+from kg.explainer import PathExplainer
 from server.api.routes.convert import explanation_dict
 from shared.data import load_ml100k
 

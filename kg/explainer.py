@@ -1,4 +1,4 @@
-"""Fast path explanations: the ranking of :func:`kg.explain_items`, from precomputed tables.
+"""Fast path explanations for serving: the ranking of :func:`kg.explain_items`, from precomputed tables.
 
 ``kg.explain_items`` builds every candidate path (about 700 for a 20-item history and a top-10 on
 ml-100k, most through genres, decades and broad categories) before keeping three per item, which
@@ -22,9 +22,8 @@ from typing import Any
 
 import networkx as nx
 
-from kg import Explanation, Path, PathScoring, Triple
 from kg.graph import graph_stats, item_label, require_item
-from kg.paths import Similarity, _recognisability, no_path_sentence, sentence
+from kg.paths import Explanation, Path, PathScoring, Similarity, Triple, no_path_sentence, recognisability, sentence
 from kg.recency import lir_by_item
 from kg.schema import ITEM, RELATIONS, is_allowed, pattern_weight
 
@@ -84,7 +83,7 @@ class PathExplainer:
         r = self._recog.get(entity)
         if r is None:
             g = self.graph
-            r = _recognisability(
+            r = recognisability(
                 len(g.pred[entity]), g.nodes[entity]["type"], self._stats, self.scoring.popularity_share
             )
             self._recog[entity] = r
