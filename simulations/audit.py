@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c.strip() for c in args.fault_cases.split(",") if c.strip()]
         results, settings = run_faults(cases, data_dir=args.data_dir)
         prov = provenance(settings)
-        replace_in_summary("faults", {case: r | {"provenance": prov} for case, r in results.items()})
+        # faults.provenance = the latest invocation; each case keeps the one that produced it
+        replace_in_summary("faults", {case: r | {"provenance": prov} for case, r in results.items()} | {"provenance": prov})
         write_readme()
         failed = [c for c, r in results.items() if r.get("status") != "pass"]
         if failed:
