@@ -66,7 +66,8 @@ def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: 
     best = max(scored, key=lambda r: r["fed"]["val-hr@10"] + r["fed"]["val-ndcg@10"])
     cfg = run_config(ov)
     user_dp = cfg["fed.user-dp"] != "off"
-    eps = rows[-1].get("user-dp-epsilon") if user_dp else rows[-1]["train"].get("epsilon-max", 0.0)
+    # record level: the largest cumulative ε any node reached in the run (a node's ε only grows)
+    eps = rows[-1].get("user-dp-epsilon") if user_dp else max(r["train"].get("epsilon-max", 0.0) for r in rows)
     return {
         "hr@10": best["fed"]["test-hr@10"],
         "ndcg@10": best["fed"]["test-ndcg@10"],
