@@ -16,7 +16,6 @@ the server-side DP wrapper.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import shutil
@@ -28,30 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.io import atomic_write_text
 from simulations.presets import PRESETS, SUMMARY_KEYS
+from simulations.results import merge_summary
 from simulations.runner import REPO, run_config, simulate
 
 log = logging.getLogger(__name__)
-
-
-def merge_summary(updates: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Merge ``updates`` key by key into the JSON at ``path`` (locked read-modify-write, atomic replace)."""
-
-    def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                merge(dst[k], v)
-            else:
-                dst[k] = v
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        merge(data, updates)
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return data
 
 
 def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: int) -> dict[str, Any]:
