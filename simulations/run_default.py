@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = {**os.environ, **ENV}
     env.setdefault("FLWR_HOME", str(REPO / ".flwr"))
+    env.setdefault("FEDXREC_RUNS_DIR", str(REPO / "runs"))  # the app processes may run elsewhere
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     before = _superlinks()
     cmd = [
