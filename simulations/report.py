@@ -43,7 +43,7 @@ def render(summary: dict[str, Any]) -> str:
         lines += ["## Accuracy (ml-100k, P1: test at the best validation epoch/round)", ""]
         lines += ["| run | " + " | ".join(RUN_COLUMNS) + " | command |", "|---" * (len(RUN_COLUMNS) + 2) + "|"]
         for name, r in runs.items():
-            cmd = r.get("provenance", {}).get("command", "") if isinstance(r, dict) else ""
+            cmd = (r.get("provenance", {}).get("command") or r.get("command", "")) if isinstance(r, dict) else ""
             lines.append(f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in RUN_COLUMNS) + f" | `{cmd}` |")
         lines.append("")
     for section in sorted(k for k in summary if k != "runs"):
