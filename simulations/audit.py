@@ -81,7 +81,10 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
                 log.info("training %s on half %s (%d users)", name, h, len(users))
                 m, stats = ap.fedavg_train(prep, users, rc, run, epsilon=ap.RUN_EPSILON[name])
                 save_checkpoint(
-                    m, prep.dataset.catalogue.ids, ck_dir, meta={"stats": stats, "audit": run.settings(), "users": len(users)}
+                    m,
+                    prep.dataset.catalogue.ids,
+                    ck_dir,
+                    meta={"stats": stats, "audit": run.settings(), "users": len(users)},
                 )
             models[name][h] = m
             train_stats[f"{name}-{h}"] = stats
@@ -102,8 +105,15 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
         for name in ap.RUNS:
             for resid in (False, True):
                 r = ap.upload_leakage(
-                    prep, models[name]["A"], users, rc, epsilon=ap.RUN_EPSILON[name], id_residual=resid,
-                    lcfg=dev_local, num_rounds=dev_rounds, seed=run.seed,
+                    prep,
+                    models[name]["A"],
+                    users,
+                    rc,
+                    epsilon=ap.RUN_EPSILON[name],
+                    id_residual=resid,
+                    lcfg=dev_local,
+                    num_rounds=dev_rounds,
+                    seed=run.seed,
                 )
                 log.info("leak %s id-residual=%s: %s", name, resid, r)
                 key = "upload_leak_p10_id_residual" if resid else "upload_leak_p10"
@@ -125,7 +135,11 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
             "device-local": dataclasses.asdict(rc.local),
             "device-planned-rounds": rc.num_rounds,
         },
-        "dp": {"delta": "min(dp.delta, 1/n) per node", "max-grad-norm": rc.dp.max_grad_norm, "accountant": "opacus rdp"},
+        "dp": {
+            "delta": "min(dp.delta, 1/n) per node",
+            "max-grad-norm": rc.dp.max_grad_norm,
+            "accountant": "opacus rdp",
+        },
     }
     return out, settings  # type: ignore[return-value]
 
@@ -165,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         results, settings = run_faults(cases, data_dir=args.data_dir)
         prov = provenance(settings)
         # faults.provenance = the latest invocation; each case keeps the one that produced it
-        replace_in_summary("faults", {case: r | {"provenance": prov} for case, r in results.items()} | {"provenance": prov})
+        replace_in_summary(
+            "faults", {case: r | {"provenance": prov} for case, r in results.items()} | {"provenance": prov}
+        )
         write_readme()
         failed = [c for c, r in results.items() if r.get("status") != "pass"]
         if failed:

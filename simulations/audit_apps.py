@@ -87,7 +87,13 @@ def poisoned_apps(
         # seed for seed, so they differ only by the poisoned client's update.
         c = _with_config(context, cfg)
         pid = int(context.node_config.get("partition-id", -1))
-        return c if pid < 0 else Context(run_id=c.run_id, node_id=pid + 1, node_config=c.node_config, state=c.state, run_config=c.run_config)
+        return (
+            c
+            if pid < 0
+            else Context(
+                run_id=c.run_id, node_id=pid + 1, node_config=c.node_config, state=c.state, run_config=c.run_config
+            )
+        )
 
     @sapp.main()
     def _main(grid: Grid, context: Context) -> None:
@@ -111,4 +117,3 @@ def poisoned_apps(
 def upload_of(reply: Message) -> dict[str, np.ndarray]:
     """The arrays a reply uploads (for tests)."""
     return {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
-

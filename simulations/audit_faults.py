@@ -119,7 +119,9 @@ def corrupt_inputs(data_dir: Path, work: Path) -> Result:
     (srv_root / "map.csv").write_bytes(b"item_id,uri\n1,http://dbpedia.org/resource/Toy_Story\n")
     dl = work / "download"
     with _http_server(srv_root) as base:
-        ok1, m1 = _expect(lambda: fetch(f"{base}/map.csv", dl / "map.csv", digest="0" * 64), DataError, "checksum mismatch", "map.csv")
+        ok1, m1 = _expect(
+            lambda: fetch(f"{base}/map.csv", dl / "map.csv", digest="0" * 64), DataError, "checksum mismatch", "map.csv"
+        )
         ok2, m2 = _expect(
             lambda: download_ml100k(dl, url=f"{base}/map.csv", md5="0" * 32), DataError, "checksum mismatch"
         )
@@ -128,8 +130,16 @@ def corrupt_inputs(data_dir: Path, work: Path) -> Result:
 
     # 3. malformed KG files: the graph JSON cut short, and an enriched.csv row with a missing field
     g = build_graph(
-        [{"id": 1, "title": "Toy Story", "year": 1995, "genres": ["Animation"], "entities": {"director": ["John_Lasseter"]}},
-         {"id": 2, "title": "GoldenEye", "year": 1995, "genres": ["Action"], "entities": {}}]
+        [
+            {
+                "id": 1,
+                "title": "Toy Story",
+                "year": 1995,
+                "genres": ["Animation"],
+                "entities": {"director": ["John_Lasseter"]},
+            },
+            {"id": 2, "title": "GoldenEye", "year": 1995, "genres": ["Action"], "entities": {}},
+        ]
     )
     gpath = save_graph(g, work / "kg" / "graph.json")
     text = gpath.read_text()
@@ -218,6 +228,7 @@ def poisoned_update(data_dir: Path, work: Path, *, nodes: int = 10, rounds: int 
         logging.getLogger("server.strategy").removeHandler(cap)
     c, p = out["clean"], out["poisoned"]
     reasons = [line for line in cap.lines if "dropped the update" in line]
+
     def gap(key: str) -> float | None:
         return None if c[key] is None or p[key] is None else abs(c[key] - p[key])
 
@@ -284,24 +295,44 @@ class Cluster:
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         logf = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process
-        p = subprocess.Popen(args, env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True)
+        p = subprocess.Popen(
+            args, env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True
+        )
         self.procs[name] = p
         return p
 
     def start_superlink(self) -> None:
         self._start(
             "superlink",
-            [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-             "--port", str(self.port), "--database", str(self.db)],
+            [
+                str(Path(sys.executable).parent / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.db),
+            ],
         )
         _wait_port(self.port, 90)
 
     def start_node(self, i: int) -> None:
-        cfg = f"partition-id={i} num-partitions={self.num_nodes}" + (f" {self.node_extra[i]}" if i in self.node_extra else "")
+        cfg = f"partition-id={i} num-partitions={self.num_nodes}" + (
+            f" {self.node_extra[i]}" if i in self.node_extra else ""
+        )
         self._start(
             f"supernode-{i}",
-            [str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-             "--port", str(free_port()), "--node-config", cfg],
+            [
+                str(Path(sys.executable).parent / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                cfg,
+            ],
         )
 
     def submit(self, run_config: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -309,7 +340,11 @@ class Cluster:
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         return subprocess.run(
             [str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "audit", "--run-config", pairs],
-            env=self.env, cwd=self.work, capture_output=True, text=True, timeout=300,
+            env=self.env,
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -406,7 +441,9 @@ def supernode_killed(data_dir: Path, work: Path, *, users: int = 30, rounds: int
         cl.stop_all()
 
 
-def superlink_restart(data_dir: Path, work: Path, *, users: int = 30, rounds: int = 3, timeout: float = 120.0) -> Result:
+def superlink_restart(
+    data_dir: Path, work: Path, *, users: int = 30, rounds: int = 3, timeout: float = 120.0
+) -> Result:
     """Stop the SuperLink (and with it the ServerApp) after round 2; restart; resume from the checkpoint."""
     data = slice_dataset(data_dir, work / "data", users)
     cl = Cluster(work, num_nodes=2)
@@ -414,7 +451,13 @@ def superlink_restart(data_dir: Path, work: Path, *, users: int = 30, rounds: in
         cl.start_superlink()
         for i in range(2):
             cl.start_node(i)
-        cfg = _deploy_config(data, work, "restart", rounds, **{"fed.min-nodes": 2, "fed.timeout": timeout, "fed.resume": True, "fed.eval-every": rounds})
+        cfg = _deploy_config(
+            data,
+            work,
+            "restart",
+            rounds,
+            **{"fed.min-nodes": 2, "fed.timeout": timeout, "fed.resume": True, "fed.eval-every": rounds},
+        )
         sub = cl.submit(cfg)
         if sub.returncode != 0:
             return _ok(False, {"flwr_run": (sub.stdout + sub.stderr)[-800:]})
@@ -491,9 +534,26 @@ def run_faults(cases: list[str], *, data_dir: str = "") -> tuple[dict[str, Resul
         out[case] = res
     settings = {
         "data": str(data),
-        "poisoned_update": {"nodes": 10, "rounds": 3, "users": 943, "seeds": "node seeds fixed per partition in both runs", "modes": "nan, inf, huge (x1e4) by round", "hr": "central and federated test HR@10, last round"},
-        "supernode_killed": {"supernodes": 3, "rounds": 3, "users": 30, "killed": "supernode 2 by SIGKILL during round 2"},
-        "superlink_restart": {"supernodes": 2, "rounds": 3, "users": 30, "stopped": "SuperLink (+ServerApp) by SIGKILL after round 2"},
+        "poisoned_update": {
+            "nodes": 10,
+            "rounds": 3,
+            "users": 943,
+            "seeds": "node seeds fixed per partition in both runs",
+            "modes": "nan, inf, huge (x1e4) by round",
+            "hr": "central and federated test HR@10, last round",
+        },
+        "supernode_killed": {
+            "supernodes": 3,
+            "rounds": 3,
+            "users": 30,
+            "killed": "supernode 2 by SIGKILL during round 2",
+        },
+        "superlink_restart": {
+            "supernodes": 2,
+            "rounds": 3,
+            "users": 30,
+            "stopped": "SuperLink (+ServerApp) by SIGKILL after round 2",
+        },
         "scratch": str(scratch),
         "np": np.__version__,
     }

@@ -146,8 +146,12 @@ def fedavg_train(
     privacy = [
         NodePrivacy(
             noise_multiplier=plan_noise(
-                pcfg, num_examples=nd.num_train(), batch_size=run.local.batch_size,
-                local_epochs=run.local.epochs, num_rounds=run.rounds, fraction=1.0,
+                pcfg,
+                num_examples=nd.num_train(),
+                batch_size=run.local.batch_size,
+                local_epochs=run.local.epochs,
+                num_rounds=run.rounds,
+                fraction=1.0,
             )
         )
         if dp
@@ -374,8 +378,14 @@ def upload_leakage(
         rng = np.random.default_rng(seed * 7919 + j)
         if dp:
             p = NodePrivacy(
-                plan_noise(pcfg, num_examples=nd.num_train(), batch_size=lcfg.batch_size,
-                           local_epochs=lcfg.epochs, num_rounds=num_rounds, fraction=1.0)
+                plan_noise(
+                    pcfg,
+                    num_examples=nd.num_train(),
+                    batch_size=lcfg.batch_size,
+                    local_epochs=lcfg.epochs,
+                    num_rounds=num_rounds,
+                    fraction=1.0,
+                )
             )
             noise.append(p.noise_multiplier)
             train_dp(model, nd, p, lcfg=lcfg, tcfg=rc.core.train, pcfg=pcfg, rng=rng)

@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bpr-epochs", type=int, default=100)
     ap.add_argument("--runs", default="mostpop,bprmf-central,central,central-idres,central-textonly,cost")
     ap.add_argument("--checkpoint", default="runs/central/checkpoint", help="where the 'central' model is saved")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is robust on a shared 2-core box)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 is robust on a shared 2-core box)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -90,7 +90,9 @@ def _arrays() -> dict[str, np.ndarray]:
     return {"a.weight": np.ones((3, 4), np.float16), "b": np.zeros(2, np.float16)}
 
 
-@pytest.mark.parametrize(("mode", "rnd"), [("nan", 1), ("inf", 1), ("huge", 1), ("cycle", 1), ("cycle", 2), ("cycle", 3)])
+@pytest.mark.parametrize(
+    ("mode", "rnd"), [("nan", 1), ("inf", 1), ("huge", 1), ("cycle", 1), ("cycle", 2), ("cycle", 3)]
+)
 def test_corrupt_update_is_rejected_by_server_hygiene(mode: str, rnd: int) -> None:
     clean = _arrays()
     bad = corrupt(clean, mode, rnd)
@@ -121,7 +123,9 @@ def test_poison_reply_replaces_arrays_and_keeps_metrics() -> None:
         dst_node_id=1,
         message_type=MessageType.TRAIN,
     )
-    reply = Message(RecordDict({"arrays": record_of(_arrays()), "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+    reply = Message(
+        RecordDict({"arrays": record_of(_arrays()), "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg
+    )
     out = poison_reply(reply, "cycle", 2)  # round 2: Inf
     up = upload_of(out)
     assert np.isinf(up["a.weight"]).any() and not np.isnan(up["a.weight"]).any()
