@@ -67,6 +67,8 @@ class Item:
     abstract: str = ""
     #: relation -> entities (URIs or labels), in file order
     entities: dict[str, list[str]] = field(default_factory=dict)
+    #: ids in other catalogues (``imdb``, ``tmdb`` from a MovieLens ``links.csv``)
+    external_ids: dict[str, str] = field(default_factory=dict)
 
     def text(self, max_abstract_chars: int = 600) -> str:
         """The text the item tower reads: title, year, genres, main KG entities, abstract."""
@@ -307,6 +309,24 @@ def read_movielens_csv_tags(path: Path) -> dict[int, list[str]]:
     return out
 
 
+def read_movielens_csv_links(path: Path) -> dict[int, dict[str, str]]:
+    """Read the optional ``links.csv`` (``movieId,imdbId,tmdbId``): movieId -> {"imdb": .., "tmdb": ..}."""
+    out: dict[int, dict[str, str]] = {}
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["movieId", "imdbId", "tmdbId"]:
+            raise DataError(path, "header must be 'movieId,imdbId,tmdbId'", 1)
+        for f in reader:
+            if not f:
+                continue
+            if len(f) != 3:
+                raise DataError(path, f"expected 3 fields, got {len(f)}", reader.line_num)
+            ids = {k: v.strip() for k, v in (("imdb", f[1]), ("tmdb", f[2])) if v.strip()}
+            out[_int(f[0], path, reader.line_num, "movieId")] = ids
+    return out
+
+
 # ------------------------------------------------------------------------------------ enrichment
 
 
@@ -420,7 +440,7 @@ def load_ml100k(data_dir: str | Path, *, kg_version: str | None = DEFAULT_KG_VER
 
 
 def load_movielens_csv(root: str | Path, *, name: str | None = None) -> Dataset:
-    """Load a MovieLens CSV release directory (``ratings.csv``, ``movies.csv``; tags optional).
+    """Load a MovieLens CSV release directory (``ratings.csv``, ``movies.csv``; ``tags.csv``, ``links.csv`` optional).
 
     Generic enrichment files ``triples.tsv`` / ``abstracts.tsv`` in the same directory are used if
     present.
@@ -433,6 +453,10 @@ def load_movielens_csv(root: str | Path, *, name: str | None = None) -> Dataset:
         for mid, tags in read_movielens_csv_tags(root / "tags.csv").items():
             if mid in catalogue:
                 catalogue.get(mid).entities.setdefault("tag", []).extend(dict.fromkeys(tags))
+    if (root / "links.csv").exists():
+        for mid, ids in read_movielens_csv_links(root / "links.csv").items():
+            if mid in catalogue:
+                catalogue.get(mid).external_ids.update(ids)
     triples = read_triples(root / "triples.tsv") if (root / "triples.tsv").exists() else ()
     abstracts = read_abstracts(root / "abstracts.tsv") if (root / "abstracts.tsv").exists() else ()
     enrich(catalogue, triples, abstracts)

@@ -118,6 +118,7 @@ def tiny_csv(tmp_path: Path) -> Path:
     (d / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,3,5.0,964982224\n2,1,2.0,964983815\n"
     )
+    (d / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,862\n2,0112346,\n")
     (d / "tags.csv").write_text("userId,movieId,tag,timestamp\n2,1,pixar,1445714994\n2,1,pixar,1445714996\n")
     (d / "triples.tsv").write_text("# item\trelation\tentity\n1\tdirector\thttp://dbpedia.org/resource/John_Lasseter\n")
     (d / "abstracts.tsv").write_text("1\tA film about toys.\n")

@@ -28,6 +28,9 @@ def test_csv_reader_with_tags_and_generic_enrichment(tiny_csv: Path) -> None:
     assert [it.title for it in cat.items] == ["Toy Story", "American President, The", "Untitled"]
     assert cat.get(2).year == 1995 and cat.get(3).year is None and cat.get(3).genres == []
     assert cat.get(1).entities["tag"] == ["pixar"]
+    assert cat.get(1).external_ids == {"imdb": "0114709", "tmdb": "862"} and cat.get(2).external_ids == {
+        "imdb": "0112346"
+    }
     assert cat.get(1).entities["director"] == ["http://dbpedia.org/resource/John_Lasseter"]
     assert cat.get(1).abstract == "A film about toys."
     assert len(ds.interactions) == 4 and ds.interactions.ratings[1] == pytest.approx(3.5)
