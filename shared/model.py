@@ -172,6 +172,14 @@ class Recommender(nn.Module):
         vecs, _ = self.items(history.clamp_min(0))  # (B, L, D)
         return self.user(users, vecs, history >= 0)
 
+    def user_from_vectors(
+        self, users: torch.Tensor, history: torch.Tensor | None, item_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """User vectors (B, D) from already computed item vectors (N, D) and history rows (B, L)."""
+        if self.cfg.user_mode == "history" and history is not None:
+            return self.user(users, item_vectors[history.clamp_min(0)], history >= 0)
+        return self.user(users, None, None)
+
     def forward(
         self, users: torch.Tensor, history: torch.Tensor | None, candidates: torch.Tensor, *, all_items: bool = False
     ) -> torch.Tensor:
@@ -182,10 +190,7 @@ class Recommender(nn.Module):
         """
         if all_items:
             v_all, b_all = self.items(torch.arange(self.items.num_items))
-            if self.cfg.user_mode == "history" and history is not None:
-                u = self.user(users, v_all[history.clamp_min(0)], history >= 0)
-            else:
-                u = self.user(users, None, None)
+            u = self.user_from_vectors(users, history, v_all)
             v, b = v_all[candidates], b_all[candidates]
         else:
             u = self.user_vectors(users, history)

@@ -157,11 +157,7 @@ def score_candidates(
     out = []
     for s in range(0, len(users), batch):
         h = history[s : s + batch] if history is not None else None
-        if model.cfg.user_mode == "history" and h is not None:
-            mask = h >= 0
-            u = model.user(users[s : s + batch], v[h.clamp_min(0)], mask)
-        else:
-            u = model.user(users[s : s + batch], None, None)
+        u = model.user_from_vectors(users[s : s + batch], h, v)
         c = candidates[s : s + batch]
         out.append((model.scale * torch.einsum("bd,bcd->bc", u, v[c]) + b[c]).numpy())
     return np.concatenate(out) if out else np.zeros((0, candidates.shape[1]))
@@ -204,11 +200,7 @@ def full_ranking(model: Recommender, split: Split, which: str = "test", k: int =
     ranked = []
     for s in range(0, len(keep), 256):
         h = hist[s : s + 256]
-        u = (
-            model.user(users[s : s + 256], v[h.clamp_min(0)], h >= 0)
-            if model.cfg.user_mode == "history"
-            else model.user(users[s : s + 256], None, None)
-        )
+        u = model.user_from_vectors(users[s : s + 256], h, v)
         scores = model.scale * u @ v.T + b  # (B, N)
         for j, up in enumerate(keep[s : s + 256].tolist()):
             excl = split.train[up]
