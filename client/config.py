@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from shared.config import Config, ModelConfig, _check, config_from_flat, from_flat
+from shared.config import Config, ModelConfig, _check, check_uploads, config_from_flat, from_flat, runs_root
 from shared.errors import ConfigError
 
 
@@ -81,6 +82,10 @@ class ClientRunConfig:
     num_rounds: int = 1
     #: the server's planned fraction of nodes per training round (for planning the DP noise)
     fraction_train: float = 1.0
+    #: ``fed.run-name``: the node's persisted state (accountant, personal parameters) is kept per run name
+    run_name: str = "fed"
+    #: ``fed.out-dir`` (simulated nodes keep their state under ``<runs dir>/<run name>/nodes``)
+    out_dir: str = ""
 
     @property
     def model(self) -> ModelConfig:
@@ -101,13 +106,17 @@ def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
         raise ConfigError("num-server-rounds", f"must be >= 1, got {rounds}")
     if not 0 < frac <= 1:
         raise ConfigError("fed.fraction-train", f"must be in (0, 1], got {frac}")
-    return ClientRunConfig(
+    rc = ClientRunConfig(
         core=config_from_flat(flat),
         local=from_flat(LocalConfig, flat, "local"),
         dp=from_flat(PrivacyConfig, flat, "dp"),
         num_rounds=rounds,
         fraction_train=frac,
+        run_name=str(flat.get("fed.run-name", "fed")),
+        out_dir=str(flat.get("fed.out-dir", "")),
     )
+    check_uploads(rc.model, rc.dp.enabled)
+    return rc
 
 
 @dataclass
@@ -121,6 +130,23 @@ class NodeSpec:
     data_path: str | None = None
     #: real device: the shared catalogue directory (``u.item``+``u.genre`` or ``movies.csv``) and item cache
     catalog_path: str | None = None
+    #: where the node keeps its state across runs (default: see :func:`NodeSpec.state_path`)
+    state_dir: str | None = None
+
+    def state_path(self, rc: ClientRunConfig) -> Path:
+        """The node's state file for this run name (accountant and personal parameters).
+
+        ``state-dir`` if given; a device's default is ``.fedxrec-state`` beside its data file; a
+        simulated node's is ``<runs dir>/<run name>/nodes``.
+        """
+        from client.state import state_file
+
+        if self.state_dir:
+            return state_file(self.state_dir, rc.run_name)
+        if self.data_path is not None:
+            return state_file(Path(self.data_path).resolve().parent / ".fedxrec-state", rc.run_name)
+        root = runs_root(rc.out_dir) / rc.run_name / "nodes"
+        return root / f"p{self.partition_id:05d}-of-{self.num_partitions}.npz"
 
 
 def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
@@ -128,12 +154,18 @@ def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
     if "data-path" in flat:
         if "catalog-path" not in flat:
             raise ConfigError("catalog-path", "a node with data-path also needs catalog-path (the shared catalogue)")
-        return NodeSpec(data_path=str(flat["data-path"]), catalog_path=str(flat["catalog-path"]))
+        return NodeSpec(
+            data_path=str(flat["data-path"]),
+            catalog_path=str(flat["catalog-path"]),
+            state_dir=str(flat["state-dir"]) if "state-dir" in flat else None,
+        )
     if "partition-id" in flat and "num-partitions" in flat:
         pid, num = int(flat["partition-id"]), int(flat["num-partitions"])
         if not 0 <= pid < num:
             raise ConfigError("partition-id", f"must be in [0, {num}), got {pid}")
-        return NodeSpec(partition_id=pid, num_partitions=num)
+        return NodeSpec(
+            partition_id=pid, num_partitions=num, state_dir=str(flat["state-dir"]) if "state-dir" in flat else None
+        )
     raise ConfigError(
         "node_config",
         f"needs data-path and catalog-path (device) or partition-id and num-partitions (simulation); got {sorted(flat)}",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +17,11 @@ from client.legacy import evaluate_reply, fit_reply, is_legacy, legacy_inputs
 from client.privacy import NodePrivacy, check_budget, plan_noise
 from client.state import (
     load_global,
+    load_node_state,
     load_privacy,
     record_of,
     restore_personal,
+    save_node_state,
     store_personal,
     store_privacy,
     upload_arrays,
@@ -33,10 +37,20 @@ def _node_seed(context: Context, server_round: int) -> int:
     return (int(context.node_id) * 1_000_003 + server_round) % (2**31)
 
 
+def _restore_node_state(context: Context, path: Path) -> None:
+    """A run's first message to this node: pick up the state an earlier run of this name left on disk."""
+    if not context.state.array_records and not context.state.config_records:
+        if load_node_state(path, context.state):
+            log.info("node state restored from %s", path)
+
+
 def train(msg: Message, context: Context) -> Message:
     """Train on this node's interactions; reply with the shared parameters only."""
     rc = parse_run_config(context.run_config)
-    data = load_node_data(parse_node_config(context.node_config), rc.core)
+    spec = parse_node_config(context.node_config)
+    data = load_node_data(spec, rc.core)
+    state_path = spec.state_path(rc)
+    _restore_node_state(context, state_path)
     model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
     names = shared_names(model)
     legacy = is_legacy(msg)  # a SecAgg+ (legacy workflow) round
@@ -48,6 +62,10 @@ def train(msg: Message, context: Context) -> Message:
         load_global(msg.content.array_records["arrays"], model)
     server_round = int(cfg.get("server-round", 0))
     mu = float(cfg.get("proximal-mu", 0.0))
+    lr_scale = float(cfg.get("lr-scale", 1.0))  # the server's learning-rate schedule (fed.lr-decay)
+    if not 0 < lr_scale <= 1:
+        raise ValueError(f"lr-scale from the server must be in (0, 1], got {lr_scale}")
+    local = dataclasses.replace(rc.local, lr=rc.local.lr * lr_scale)
     rng = np.random.default_rng(_node_seed(context, server_round))
     restore_personal(context.state, model)
     if rc.dp.enabled:
@@ -64,11 +82,12 @@ def train(msg: Message, context: Context) -> Message:
         check_budget(
             rc.dp, privacy, num_examples=data.num_train(), batch_size=rc.local.batch_size, local_epochs=rc.local.epochs
         )
-        res = train_dp(model, data, privacy, lcfg=rc.local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
+        res = train_dp(model, data, privacy, lcfg=local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
         store_privacy(context.state, privacy)
     else:
-        res = train_plain(model, data, lcfg=rc.local, tcfg=rc.core.train, rng=rng, proximal_mu=mu)
+        res = train_plain(model, data, lcfg=local, tcfg=rc.core.train, rng=rng, proximal_mu=mu)
     store_personal(context.state, model)
+    save_node_state(state_path, context.state)  # before replying: a crash after this round keeps its ε
 
     upload = upload_arrays(model, names, rc.local.upload_dtype)
     metrics: dict[str, Any] = {
@@ -89,7 +108,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank this node's own validation and test items; reply with HR/NDCG sums and counts only."""
     rc = parse_run_config(context.run_config)
-    data = load_node_data(parse_node_config(context.node_config), rc.core)
+    spec = parse_node_config(context.node_config)
+    data = load_node_data(spec, rc.core)
+    _restore_node_state(context, spec.state_path(rc))
     model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
     if is_legacy(msg):
         arrays, _ = legacy_inputs(msg, shared_names(model), train=False)

@@ -2,15 +2,29 @@
 
 * ``personal`` (ArrayRecord): the personal parameters (``user.personal.*``);
 * ``privacy`` (ConfigRecord): the DP accountant history and the node's noise multiplier (JSON).
+
+``context.state`` lives only as long as one run. So that a resubmitted or resumed run neither resets a
+node's ε nor forgets its personal parameters, the same state is also written on the node's own disk
+after every round (atomically), in ``<state dir>/<fed.run-name>.npz``, and read back when a run starts
+with an empty ``context.state``. The state dir is ``node_config`` ``state-dir``; by default a
+``.fedxrec-state`` folder beside a device's data file, or ``<runs dir>/<run name>/nodes/p<id>`` for a
+simulated node.
 """
 
 from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.privacy import NodePrivacy
+from shared.errors import DataError
+from shared.io import atomic_path
 from shared.model import Recommender
 from shared.params import arrays_to_state
 
@@ -70,3 +84,45 @@ def upload_arrays(model: Recommender, names: list[str], dtype: str) -> dict[str,
     params = dict(model.named_parameters())
     with torch.no_grad():
         return {n: params[n].detach().numpy().astype(dtype) for n in names}
+
+
+def state_file(state_dir: str | Path, run_name: str) -> Path:
+    """Where a node keeps its state for run ``run_name`` (one file per run name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name) or "run"
+    return Path(state_dir) / f"{safe}.npz"
+
+
+def save_node_state(path: Path, state: RecordDict) -> None:
+    """Write the personal parameters and the privacy record of ``state`` to ``path`` (atomic)."""
+    arrays: dict[str, np.ndarray] = {}
+    if PERSONAL_KEY in state.array_records:
+        arrays = {f"personal/{k}": v for k, v in arrays_of(state.array_records[PERSONAL_KEY]).items()}
+    meta = {"privacy": str(state.config_records[PRIVACY_KEY]["json"]) if PRIVACY_KEY in state.config_records else None}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def load_node_state(path: Path, state: RecordDict) -> bool:
+    """Fill an empty ``state`` from ``path``; False when there is no file.
+
+    A corrupt file is an error, never silently ignored: that would reset the node's ε.
+    """
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            personal = {k.split("/", 1)[1]: z[k].copy() for k in z.files if k.startswith("personal/")}
+        privacy = meta["privacy"]
+        if privacy is not None:
+            NodePrivacy.from_json(privacy)  # validate before use
+    except Exception as e:
+        raise DataError(path, f"unreadable node state ({type(e).__name__}: {e}); move it away to start afresh") from e
+    if personal:
+        state[PERSONAL_KEY] = record_of(personal)
+    if privacy is not None:
+        state[PRIVACY_KEY] = ConfigRecord({"json": privacy})
+    return True

@@ -176,6 +176,7 @@ def train_dp(
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
     # a bare parameter on the top module has no per-sample gradient rule: keep the shared logit
     # scale fixed on the device under DP (it is still uploaded, unchanged)
+    scale_trained = model.scale.requires_grad
     model.scale.requires_grad_(False)
     opt = _optimizer(model, lcfg)
     engine = _secure_engine(pcfg.secure_rng)
@@ -226,7 +227,7 @@ def train_dp(
                 nsteps += 1
     finally:
         gsm._close()
-        model.scale.requires_grad_(True)
+        model.scale.requires_grad_(scale_trained)
     privacy.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
     eps = privacy.epsilon(delta)
     return LocalResult(total / max(seen, 1), n, nsteps, eps, delta, privacy.noise_multiplier)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.config import Config, ModelConfig, _check, config_from_flat, from_flat
+from shared.config import Config, ModelConfig, _check, check_uploads, config_from_flat, from_flat, runs_root
 from shared.errors import ConfigError
 
 
@@ -16,7 +16,7 @@ from shared.errors import ConfigError
 class FedConfig:
     """Federation settings: strategy, sampling, update hygiene, user-level DP, SecAgg+, outputs."""
 
-    #: ``fedavg`` | ``fedadam`` | ``fedprox``
+    #: ``fedavg`` | ``fedavgm`` (FedAvg with server momentum) | ``fedadam`` | ``fedprox``
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -26,8 +26,18 @@ class FedConfig:
     #: initial value of the shared logit scale (0: the model's own init, 1). Small values keep the
     #: first rounds' logits (scale * <u, v> / temperature) in range
     init_scale: float = 0.1
-    #: FedAdam server learning rate (eta) and adaptivity (tau)
-    server_lr: float = 0.01
+    #: round-0 item projection: ``pca`` (the top principal directions of the public catalogue's
+    #: normalised text features, so the first rounds already rank by content) or ``random``
+    proj_init: str = "pca"
+    #: server learning rate: FedAvgM's (1.0 = plain averaging) or FedAdam's eta (about 0.01)
+    server_lr: float = 1.0
+    #: FedAvgM's server momentum: the update applied is momentum * previous + this round's mean update
+    server_momentum: float = 0.9
+    #: schedule of the nodes' local learning rate over the rounds: ``none`` or ``cosine`` (from 1 down to
+    #: ``lr-floor`` times ``local.lr`` at the last round); the server sends the factor as ``lr-scale``
+    lr_decay: str = "none"
+    lr_floor: float = 0.1
+    #: FedAdam adaptivity (tau)
     server_tau: float = 1e-3
     #: FedProx proximal weight
     proximal_mu: float = 0.01
@@ -53,9 +63,9 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.strategy in ("fedavg", "fedadam", "fedprox"),
+            self.strategy in ("fedavg", "fedavgm", "fedadam", "fedprox"),
             "fed.strategy",
-            f"fedavg|fedadam|fedprox, got {self.strategy!r}",
+            f"fedavg|fedavgm|fedadam|fedprox, got {self.strategy!r}",
         )
         _check(0 < self.fraction_train <= 1, "fed.fraction-train", f"must be in (0, 1], got {self.fraction_train}")
         _check(
@@ -65,19 +75,35 @@ class FedConfig:
         )
         _check(self.eval_every >= 1, "fed.eval-every", f"must be >= 1, got {self.eval_every}")
         _check(self.init_scale >= 0, "fed.init-scale", f"must be >= 0, got {self.init_scale}")
+        _check(self.server_lr > 0, "fed.server-lr", f"must be > 0, got {self.server_lr}")
+        _check(0 <= self.server_momentum < 1, "fed.server-momentum", f"must be in [0, 1), got {self.server_momentum}")
+        _check(self.lr_decay in ("none", "cosine"), "fed.lr-decay", f"none|cosine, got {self.lr_decay!r}")
+        _check(0 < self.lr_floor <= 1, "fed.lr-floor", f"must be in (0, 1], got {self.lr_floor}")
+        _check(self.proj_init in ("pca", "random"), "fed.proj-init", f"pca|random, got {self.proj_init!r}")
         _check(self.min_nodes >= 1, "fed.min-nodes", f"must be >= 1, got {self.min_nodes}")
         _check(self.max_update_norm >= 0, "fed.max-update-norm", f"must be >= 0, got {self.max_update_norm}")
         _check(self.user_dp in ("off", "fixed", "adaptive"), "fed.user-dp", f"off|fixed|adaptive, got {self.user_dp!r}")
         _check(self.user_dp_noise >= 0, "fed.user-dp-noise", f"must be >= 0, got {self.user_dp_noise}")
         _check(self.user_dp_clip > 0, "fed.user-dp-clip", f"must be > 0, got {self.user_dp_clip}")
         _check(0 < self.user_dp_delta < 1, "fed.user-dp-delta", f"must be in (0, 1), got {self.user_dp_delta}")
+        if self.user_dp != "off":
+            # the wrappers add noise after the inner strategy's step: a server optimiser's state would
+            # carry the un-noised clipped mean into later rounds
+            _check(self.strategy == "fedavg", "fed.strategy", "user-level DP (fed.user-dp) runs with fedavg only")
         if self.secagg:
             _check(self.min_nodes >= 3, "fed.min-nodes", "SecAgg+ needs at least 3 nodes")
-            _check(self.strategy == "fedavg", "fed.strategy", "SecAgg+ runs with fedavg only")
+            _check(self.strategy in ("fedavg", "fedavgm"), "fed.strategy", "SecAgg+ runs with fedavg or fedavgm only")
             _check(self.user_dp == "off", "fed.user-dp", "SecAgg+ and server-side clipping exclude each other")
 
+    def lr_scale(self, server_round: int, num_rounds: int) -> float:
+        """The factor on ``local.lr`` in round ``server_round`` (1-based) of ``num_rounds``."""
+        if self.lr_decay == "none" or num_rounds <= 1:
+            return 1.0
+        t = (server_round - 1) / (num_rounds - 1)
+        return self.lr_floor + (1.0 - self.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def runs_dir(self) -> Path:
-        return Path(self.out_dir or os.environ.get("FEDXREC_RUNS_DIR", "runs")).resolve() / self.run_name
+        return runs_root(self.out_dir) / self.run_name
 
 
 @dataclass
@@ -110,7 +136,7 @@ def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
     rounds = int(flat.get("num-server-rounds", 3))
     if rounds < 1:
         raise ConfigError("num-server-rounds", f"must be >= 1, got {rounds}")
-    return ServerRunConfig(
+    rc = ServerRunConfig(
         core=config_from_flat(flat),
         fed=from_flat(FedConfig, flat, "fed"),
         num_rounds=rounds,
@@ -118,3 +144,5 @@ def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
         dp_delta=float(flat.get("dp.delta", 1e-3)),
         local_lr=float(flat.get("local.lr", 3e-3)),
     )
+    check_uploads(rc.model, rc.dp_enabled)
+    return rc

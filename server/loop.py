@@ -24,7 +24,7 @@ from server.strategy import GuardedStrategy, build_strategy
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import to_flat
 from shared.errors import CheckpointError, ConfigError
-from shared.model import Recommender
+from shared.model import Recommender, pca_init_projection
 from shared.pipeline import Prepared, build_model, prepare
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,21 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
+def initial_model(rc: ServerRunConfig, prep: Prepared) -> Recommender:
+    """The round-0 global model.
+
+    A ``dot`` model starts with logit scale ``fed.init-scale``; with ``fed.proj-init = pca`` the item
+    projection starts from the catalogue's principal directions.
+    """
+    model = build_model(rc.model, prep, prep.split.num_users)
+    if rc.fed.init_scale > 0 and rc.model.score == "dot":
+        with torch.no_grad():
+            model.scale.fill_(rc.fed.init_scale)
+    if rc.fed.proj_init == "pca" and rc.model.top_layers == 0:
+        pca_init_projection(model)
+    return model
+
+
 def _resume(rc: ServerRunConfig, model: Recommender, ckpt_dir: Path) -> int:
     """Load the last checkpoint of this run name; returns the round it finished (0: fresh start)."""
     if not (rc.fed.resume and (ckpt_dir / "fedxrec.json").exists()):
@@ -84,10 +99,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     out = rc.fed.runs_dir()
     out.mkdir(parents=True, exist_ok=True)
     prep = prep or prepare(rc.core, progress=False)
-    model = build_model(rc.model, prep, prep.split.num_users)
-    if rc.fed.init_scale > 0:
-        with torch.no_grad():
-            model.scale.fill_(rc.fed.init_scale)
+    model = initial_model(rc, prep)
     ckpt_dir = out / "checkpoint"
     start = _resume(rc, model, ckpt_dir)
     log_path = out / "rounds.jsonl"
@@ -117,7 +129,10 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     for rnd in range(start + 1, rc.num_rounds + 1):
         t0 = time.time()
         replies = grid.send_and_receive(
-            strategy.configure_train(rnd, arrays, ConfigRecord(), grid), timeout=rc.fed.timeout
+            strategy.configure_train(
+                rnd, arrays, ConfigRecord({"lr-scale": rc.fed.lr_scale(rnd, rc.num_rounds)}), grid
+            ),
+            timeout=rc.fed.timeout,
         )
         agg, tmetrics = strategy.aggregate_train(rnd, replies)
         if agg is not None:
@@ -143,7 +158,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             em = strategy.aggregate_evaluate(rnd, ereplies)
             row["fed"] = dict(em or {})
         model.load_partial(from_record(arrays, model.shared_state()))
-        if rc.fed.central_eval:
+        if rc.fed.central_eval and (rnd % rc.fed.eval_every == 0 or rnd == rc.num_rounds):
             row["central"] = {**central_p1(model, prep.split, "val"), **central_p1(model, prep.split, "test")}
         row["seconds"] = time.time() - t0
         save_checkpoint(

@@ -19,16 +19,17 @@ from flwr.common import Scalar, ndarrays_to_parameters
 from flwr.common.logger import log as flog
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.strategy import FedAvgM as LegacyFedAvgM
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from server.config import ServerRunConfig
 from server.evaluation import central_p1
-from server.loop import wait_for_nodes
+from server.loop import initial_model, wait_for_nodes
 from server.runlog import append_log, best_round, plot, progress_line, rewrite_log, summary_table
 from server.strategy import sum_eval_metrics, train_stats
 from shared.checkpoint import save_checkpoint
-from shared.pipeline import build_model, prepare
+from shared.pipeline import prepare
 
 
 def _records(metrics: list[tuple[int, dict[str, Scalar]]]) -> list[RecordDict]:
@@ -43,10 +44,7 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
     out = rc.fed.runs_dir()
     out.mkdir(parents=True, exist_ok=True)
     prep = prepare(rc.core, progress=False)
-    model = build_model(rc.model, prep, prep.split.num_users)
-    if rc.fed.init_scale > 0:
-        with torch.no_grad():
-            model.scale.fill_(rc.fed.init_scale)
+    model = initial_model(rc, prep)
     names = list(model.shared_state())
     log_path = out / "rounds.jsonl"
     rewrite_log(log_path, [])
@@ -104,7 +102,9 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
         flog(INFO, "%s", progress_line(row, rc.num_rounds))
         return dict(fed.items())  # type: ignore[arg-type]
 
-    strategy = LegacyFedAvg(
+    momentum = {"server_learning_rate": rc.fed.server_lr, "server_momentum": rc.fed.server_momentum}
+    strategy = (LegacyFedAvgM if rc.fed.strategy == "fedavgm" else LegacyFedAvg)(
+        **(momentum if rc.fed.strategy == "fedavgm" else {}),
         fraction_fit=rc.fed.fraction_train,
         fraction_evaluate=rc.fed.fraction_evaluate,
         min_fit_clients=rc.fed.min_nodes,
@@ -112,6 +112,7 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
         min_available_clients=rc.fed.min_nodes,
         initial_parameters=ndarrays_to_parameters([np.atleast_1d(t.numpy()) for t in model.shared_state().values()]),
         evaluate_fn=central,
+        on_fit_config_fn=lambda rnd: {"lr-scale": rc.fed.lr_scale(rnd, rc.num_rounds)},
         fit_metrics_aggregation_fn=fit_metrics,
         evaluate_metrics_aggregation_fn=eval_metrics,
     )

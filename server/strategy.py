@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     Strategy,
 )
@@ -91,6 +92,8 @@ def build_strategy(cfg: FedConfig, *, num_nodes_hint: int | None = None, local_l
     inner: Strategy
     if cfg.strategy == "fedadam":
         inner = FedAdam(**common, eta=cfg.server_lr, eta_l=local_lr, tau=cfg.server_tau)  # type: ignore[arg-type]
+    elif cfg.strategy == "fedavgm":
+        inner = FedAvgM(**common, server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)  # type: ignore[arg-type]
     elif cfg.strategy == "fedprox":
         inner = FedProx(**common, proximal_mu=cfg.proximal_mu)  # type: ignore[arg-type]
     else:
@@ -202,6 +205,10 @@ class GuardedStrategy(Strategy):
             log.warning("round %d: the aggregate is not finite; keeping the previous global model", server_round)
             rep.kept_previous = True
             agg = None
+            if hasattr(self.strategy, "current_arrays"):  # a server optimiser must not keep the bad step
+                self.strategy.current_arrays = ArrayRecord(
+                    array_dict={k: Array(np.atleast_1d(v)) for k, v in self.current.items()}
+                )
         return agg, metrics
 
     def configure_evaluate(

@@ -8,8 +8,10 @@ rejects unknown keys by name.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.errors import ConfigError
@@ -39,6 +41,11 @@ class ModelConfig:
     dim: int = 64
     #: add a per-item ID residual embedding to the text vector
     id_residual: bool = False
+    #: a learned per-item score bias (a per-item parameter: federated, uploaded only under DP-SGD)
+    item_bias: bool = True
+    #: ``dot`` (scale * <u, v>, a learned logit scale) or ``cosine`` (unit-length u and v: logits stay
+    #: in [-1/temperature, 1/temperature], so the scale cannot collapse in early federated rounds)
+    score: str = "dot"
     max_length: int = 128
     #: history items the user side reads (most recent last)
     history_len: int = 50
@@ -61,6 +68,31 @@ class ModelConfig:
             f"history|personal, got {self.user_mode!r}",
         )
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.score in ("dot", "cosine"), "model.score", f"dot|cosine, got {self.score!r}")
+
+    def per_item_keys(self) -> list[str]:
+        """The run-config keys that switch on per-item (row-revealing) trainable parameters."""
+        return [k for k, on in (("model.item-bias", self.item_bias), ("model.id-residual", self.id_residual)) if on]
+
+
+def runs_root(out_dir: str = "") -> Path:
+    """The folder that holds federated runs: ``fed.out-dir``, else ``$FEDXREC_RUNS_DIR``, else ``./runs``."""
+    return Path(out_dir or os.environ.get("FEDXREC_RUNS_DIR", "runs")).resolve()
+
+
+def check_uploads(model: ModelConfig, dp_enabled: bool) -> None:
+    """DESIGN 3: per-item parameters are uploaded only under DP-SGD, whose noise covers every row.
+
+    Without DP an upload of a per-item row shows which items a device touched, so a federated run
+    without ``dp.enabled`` must switch them off.
+    """
+    keys = model.per_item_keys()
+    if keys and not dp_enabled:
+        raise ConfigError(
+            keys[0],
+            "per-item parameters would reveal a device's items in its upload; set it to false, "
+            "or enable record-level DP (dp.enabled = true)",
+        )
 
 
 @dataclass

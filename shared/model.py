@@ -1,6 +1,8 @@
 """The recommender: a BERT item tower with adapters, and a user side with personal parameters.
 
-Item vector (D) = proj(adapted text features) [+ ID residual]; score(u, i) = <u, v_i> + b_i.
+Item vector (D) = proj(adapted text features) [+ ID residual]; score(u, i) = scale * <u, v_i> + b_i.
+With ``score = "cosine"`` both vectors have unit length and the scale is fixed at 1; with
+``item_bias = False`` the bias is a frozen zero (not trained, never uploaded).
 
 * ``top_layers = 0``: a residual bottleneck adapter over the cached pooled backbone output.
 * ``top_layers = k > 0``: the backbone's top ``k`` BertLayers run in training on cached hidden
@@ -104,6 +106,7 @@ class ItemTower(nn.Module):
             nn.init.normal_(self.id_residual.weight, std=0.01)
         self.bias = nn.Embedding(n, 1)
         nn.init.zeros_(self.bias.weight)
+        self.bias.weight.requires_grad_(cfg.item_bias)
 
     @property
     def num_items(self) -> int:
@@ -122,6 +125,8 @@ class ItemTower(nn.Module):
         v = self.proj(self.drop(self.norm(self.text_features(rows))))
         if self.id_residual is not None:
             v = v + self.id_residual(rows)
+        if self.cfg.score == "cosine":
+            v = F.normalize(v, dim=-1)
         return v, self.bias(rows).squeeze(-1)
 
 
@@ -133,6 +138,10 @@ class UserTower(nn.Module):
         self.cfg = cfg
         self.personal = nn.Embedding(num_users, cfg.dim)
         nn.init.normal_(self.personal.weight, std=0.01)
+        if cfg.user_mode == "history" and cfg.score == "cosine":
+            # starts as the pure history summary: random personal vectors would be noise of about the
+            # size of the (unit-vector mean) summary and halve the untrained model's accuracy
+            nn.init.zeros_(self.personal.weight)
         if cfg.user_mode == "history":
             # recency logits: position 0 = newest history item
             self.recency = nn.Embedding(cfg.history_len, 1)
@@ -152,7 +161,7 @@ class UserTower(nn.Module):
             logits = logits.masked_fill(~hist_mask, float("-inf"))
             w = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty history -> zeros
             u = u + self.mix(torch.einsum("bl,bld->bd", w, hist_vecs))
-        return u
+        return F.normalize(u, dim=-1) if self.cfg.score == "cosine" else u
 
 
 class Recommender(nn.Module):
@@ -163,7 +172,10 @@ class Recommender(nn.Module):
         self.cfg = cfg
         self.items = ItemTower(cfg, cache, backbone)
         self.user = UserTower(cfg, num_users)
-        self.scale = nn.Parameter(torch.ones(()))  # learnable logit scale (shared)
+        if cfg.score == "dot":
+            self.scale = nn.Parameter(torch.ones(()))  # learnable logit scale (shared)
+        else:  # cosine: a fixed scale (the loss temperature sets the logit range)
+            self.register_buffer("scale", torch.ones(()))
 
     def user_vectors(self, users: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """Users (B,), history (B, L) catalogue rows newest first, -1 padded -> (B, D)."""
@@ -227,6 +239,28 @@ class Recommender(nn.Module):
         out = [self.items(rows[s : s + batch]) for s in range(0, len(rows), batch)]
         self.train(was)
         return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+@torch.no_grad()
+def pca_init_projection(model: Recommender) -> None:
+    """Initialise the item projection from the principal directions of the catalogue's text features.
+
+    The features are the (public) catalogue's normalised text features, so the untrained model
+    already ranks by content similarity.
+
+    Only for ``top_layers = 0`` (the adapter starts as the identity, so the projection's input is
+    ``norm(features)``); uses the catalogue texts alone, never interactions.
+    """
+    tower = model.items
+    if tower.cfg.top_layers != 0:
+        raise ValueError("PCA initialisation needs model.top-layers = 0 (pooled features)")
+    x = tower.norm(tower.adapter(tower.features))  # (N, H)
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    d = tower.proj.out_features
+    w = vt[:d]  # (D, H), rows orthonormal; when H < D the rest stays random
+    tower.proj.weight[: len(w)] = w
+    tower.proj.bias[: len(w)] = -(w @ mean)
 
 
 def trainable_names(model: nn.Module) -> list[str]:

@@ -67,7 +67,10 @@ class ServingModel:
         w = np.exp(logits - logits.max())
         w /= w.sum()
         summary = w @ self.vectors[h]
-        return summary @ self.mix_w.T + self.mix_b
+        u = summary @ self.mix_w.T + self.mix_b
+        if self.cfg.score == "cosine":
+            u = u / max(float(np.linalg.norm(u)), 1e-12)
+        return u
 
     def scores(self, history_rows: np.ndarray, candidate_rows: np.ndarray | None = None) -> np.ndarray:
         """Scores of candidate rows (default: every item) for a history."""

@@ -327,13 +327,14 @@ def leak_rankings(
 ) -> dict[str, np.ndarray]:
     """The server's candidate rankings of catalogue rows from one upload (most suspicious first).
 
-    * ``bias``: by how much the upload raises the item's bias;
+    * ``bias``: by how much the upload raises the item's bias (when the model uploads biases);
     * ``score``: by how much it raises the item's score for a probe user (the mean global item vector);
     * ``residual``: by the norm of the item's ID-residual change (when the model has one).
     """
     out: dict[str, np.ndarray] = {}
-    db = (after["items.bias.weight"] - before["items.bias.weight"]).squeeze(-1).numpy()
-    out["bias"] = np.argsort(-db, kind="stable")
+    if "items.bias.weight" in before:  # only when the model uploads per-item biases
+        db = (after["items.bias.weight"] - before["items.bias.weight"]).squeeze(-1).numpy()
+        out["bias"] = np.argsort(-db, kind="stable")
     model.load_partial(before)
     v0, b0 = model.all_item_vectors()
     probe = v0.mean(0)

@@ -32,6 +32,8 @@ def fed_config(tmp_path: Path, tiny_bert: str) -> dict[str, Any]:
             "num-server-rounds": 2,
             "fed.out-dir": str(tmp_path / "runs"),
             "fed.max-update-norm": 0.0,
+            "fed.fraction-train": 1.0,
+            "fed.eval-every": 1,
         }
     )
 

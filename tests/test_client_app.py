@@ -55,7 +55,7 @@ def test_evaluate_returns_sums_and_counts_only(fed_config: dict) -> None:  # noq
 
 
 def test_epsilon_grows_across_rounds_that_share_a_node_state(fed_config: dict) -> None:  # noqa: F811
-    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 8.0}
+    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 8.0, "num-server-rounds": 3}
     glob = _global(cfg)
     state = RecordDict()
     eps = []
@@ -66,9 +66,46 @@ def test_epsilon_grows_across_rounds_that_share_a_node_state(fed_config: dict) -
         assert m["delta"] <= 1 / m["num-examples"]
         glob = {k: v.numpy().astype(np.float32).reshape(glob[k].shape) for k, v in reply.content["arrays"].items()}
     assert 0 < eps[0] < eps[1] <= 8.0
-    # a fresh state starts the accountant again
-    fresh = capp.train(make_message("train", glob, 3), make_context(cfg, partition=2, partitions=4))
+    # a resubmitted run of the same name (fresh context.state) continues the node's accountant from disk
+    again = capp.train(make_message("train", glob, 3), make_context(cfg, partition=2, partitions=4))
+    assert eps[1] < again.content.metric_records["metrics"]["epsilon"] <= 8.0
+    # another run name starts its own accountant
+    other = {**cfg, "fed.run-name": "other"}
+    fresh = capp.train(make_message("train", glob, 1), make_context(other, partition=2, partitions=4))
     assert fresh.content.metric_records["metrics"]["epsilon"] == pytest.approx(eps[0], rel=1e-6)
+
+
+def test_node_state_survives_a_new_run_and_a_corrupt_file_is_an_error(fed_config: dict) -> None:  # noqa: F811
+    from client.config import parse_node_config as pnc
+    from client.state import PERSONAL_KEY
+
+    glob = _global(fed_config)
+    state = RecordDict()
+    capp.train(make_message("train", glob, 1), make_context(fed_config, partition=1, partitions=4, state=state))
+    personal = state.array_records[PERSONAL_KEY]["user.personal.weight"].numpy()
+    path = pnc({"partition-id": 1, "num-partitions": 4}).state_path(parse_run_config(fed_config))
+    assert path.is_file() and path.is_relative_to(fed_config["fed.out-dir"])
+    # a new run (empty context.state) ranks with the personal vector the node kept on disk
+    ctx = make_context(fed_config, partition=1, partitions=4)
+    capp.evaluate(make_message("evaluate", glob), ctx)
+    np.testing.assert_array_equal(ctx.state.array_records[PERSONAL_KEY]["user.personal.weight"].numpy(), personal)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(DataError, match="unreadable node state"):
+        capp.train(make_message("train", glob, 1), make_context(fed_config, partition=1, partitions=4))
+
+
+def test_per_item_parameters_need_dp_in_a_federated_run(fed_config: dict) -> None:  # noqa: F811
+    from server.config import parse_server_config
+
+    for key in ("model.item-bias", "model.id-residual"):
+        with pytest.raises(ConfigError, match=key):
+            parse_run_config({**fed_config, key: True})
+        with pytest.raises(ConfigError, match=key):
+            parse_server_config({**fed_config, key: True})
+    dp = {**fed_config, "model.item-bias": True, "dp.enabled": True}
+    glob = _global(dp)
+    assert "items.bias.weight" in glob
+    assert "items.bias.weight" not in _global(fed_config)  # without DP it is not even trained
 
 
 def test_missing_device_data_is_a_clear_error(fed_config: dict, tmp_path) -> None:  # noqa: F811
@@ -125,3 +162,24 @@ def test_a_node_stops_training_when_its_budget_is_spent(fed_config: dict) -> Non
     assert 0 < m.content.metric_records["metrics"]["epsilon"] <= 2.0
     with pytest.raises(PrivacyBudgetExhausted, match="dp.target-epsilon"):
         capp.train(make_message("train", glob, 2), make_context(cfg, partition=2, partitions=4, state=state))
+
+
+def test_the_servers_learning_rate_schedule_reaches_the_local_optimiser(fed_config: dict) -> None:  # noqa: F811
+    from flwr.app import ConfigRecord
+
+    from server.config import FedConfig
+
+    fc = FedConfig(lr_decay="cosine", lr_floor=0.1)
+    assert fc.lr_scale(1, 11) == pytest.approx(1.0)
+    assert fc.lr_scale(6, 11) == pytest.approx(0.55)
+    assert fc.lr_scale(11, 11) == pytest.approx(0.1)
+    assert FedConfig().lr_scale(7, 11) == 1.0
+    glob = _global(fed_config)
+    moved = {}
+    for scale in (1.0, 1e-4):
+        msg = make_message("train", glob)
+        msg.content["config"] = ConfigRecord({"server-round": 1, "lr-scale": scale})
+        reply = capp.train(msg, make_context(fed_config, partition=1, partitions=4))
+        up = reply.content.array_records["arrays"]["items.proj.weight"].numpy().astype(np.float32)
+        moved[scale] = float(np.abs(up - glob["items.proj.weight"]).max())
+    assert moved[1e-4] < 0.01 * moved[1.0]

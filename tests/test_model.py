@@ -170,3 +170,30 @@ def test_real_minilm_loads_offline() -> None:
     assert cache.pooled is not None
     a, b = torch.nn.functional.normalize(cache.pooled, dim=-1)
     assert float(a @ b) > 0.5  # a real embedding: related titles are close
+
+
+def test_cosine_score_keeps_logits_bounded_and_has_no_learned_scale(tiny_bert: str) -> None:
+    model, _ = _model(tiny_bert, 0, "bottleneck", score="cosine", item_bias=False)
+    assert "scale" not in dict(model.named_parameters())  # a fixed buffer: nothing to collapse
+    assert "items.bias.weight" not in model.shared_state()  # frozen zero, never uploaded
+    users, hist = torch.tensor([0, 1]), torch.tensor([[1, 2, -1, -1], [3, -1, -1, -1]])
+    scores = model(users, hist, torch.tensor([[0, 4, 5], [6, 7, 8]]))
+    assert scores.abs().max() <= 1.0 + 1e-5
+    v, _ = model.items(torch.arange(len(TEXTS)))
+    assert torch.allclose(v.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+
+
+def test_pca_projection_init_is_orthonormal_and_centred(tiny_bert: str) -> None:
+    from shared.model import pca_init_projection
+
+    model, _ = _model(tiny_bert, 0, "bottleneck")
+    pca_init_projection(model)
+    w = model.items.proj.weight.detach()
+    rank = min(w.shape[0], len(TEXTS) - 1)  # 12 items centred span at most 11 directions
+    np.testing.assert_allclose((w[:rank] @ w[:rank].T).numpy(), np.eye(rank), atol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        t = model.items.proj(model.items.norm(model.items.features))
+    np.testing.assert_allclose(t[:, :rank].mean(0).numpy(), 0.0, atol=1e-4)
+    with pytest.raises(ValueError, match="top-layers"):
+        pca_init_projection(_model(tiny_bert, 1, "bottleneck")[0])

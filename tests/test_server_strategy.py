@@ -157,3 +157,25 @@ def test_other_strategies_aggregate_through_the_guard(name: str) -> None:
     assert agg is not None
     w = agg["w"].numpy()
     assert np.isfinite(w).all() and (w > 0).all() and (w <= 1.0 + 1e-6).all()
+
+
+def test_fedavgm_applies_server_momentum_and_a_rejected_aggregate_leaves_no_trace() -> None:
+    strat = build_strategy(FedConfig(strategy="fedavgm", server_lr=1.0, server_momentum=0.5, max_update_norm=0.0))
+    arrays = ArrayRecord(array_dict={k: Array(v) for k, v in REF.items()})
+    steps = []
+    for rnd in (1, 2):
+        list(strat.configure_train(rnd, arrays, ConfigRecord(), _Grid()))
+        cur = arrays["w"].numpy()
+        up = {"w": (cur + 1).astype(np.float16), "b": np.zeros(2, np.float16)}  # each node moves w by +1
+        agg, _ = strat.aggregate_train(rnd, [_reply(up, 2, 1), _reply(up, 2, 2)])
+        assert agg is not None
+        steps.append(float((agg["w"].numpy() - cur).mean()))
+        arrays = agg
+    assert steps == pytest.approx([1.0, 1.5])  # second step: 0.5 * 1 (momentum) + 1
+    # an aggregate that overflows is refused: the global model and the optimiser's state stay put
+    list(strat.configure_train(3, arrays, ConfigRecord(), _Grid()))
+    huge = {"w": np.full((3, 2), 6e4, np.float16), "b": np.zeros(2, np.float16)}
+    strat.strategy.server_learning_rate = 1e35  # force a non-finite step
+    agg, _ = strat.aggregate_train(3, [_reply(huge, 2, 1), _reply(huge, 2, 2)])
+    assert agg is None and strat.report.kept_previous
+    np.testing.assert_array_equal(strat.strategy.current_arrays["w"].numpy(), arrays["w"].numpy())
