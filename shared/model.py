@@ -161,7 +161,12 @@ class UserTower(nn.Module):
             logits = logits.masked_fill(~hist_mask, float("-inf"))
             w = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty history -> zeros
             u = u + self.mix(torch.einsum("bl,bld->bd", w, hist_vecs))
-        return F.normalize(u, dim=-1) if self.cfg.score == "cosine" else u
+        if self.cfg.score == "cosine" and self.cfg.user_mode == "history":
+            return F.normalize(u, dim=-1)
+        # personal mode (record-level DP): the raw personal vector, whose length sets the logit scale.
+        # Normalising it would make a fresh (random) vector a unit-length one that swamps the history
+        # summary the device adds at evaluation; small at the start, it leaves that ranking to the history.
+        return u
 
 
 class Recommender(nn.Module):

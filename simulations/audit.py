@@ -58,6 +58,7 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
     from shared.model import Recommender
     from shared.pipeline import prepare
     from simulations import audit_privacy as ap
+    from simulations.presets import PRESETS
     from simulations.runner import run_config
 
     torch.set_num_threads(int(os.environ.get("FEDXREC_AUDIT_THREADS", "1")))
@@ -100,9 +101,10 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
     if "leak" in parts:
         rng = np.random.default_rng(run.seed + 1)
         users = rng.choice(halves[0], size=args.leak_users, replace=False)
-        # a one-user device in the deployed configuration (pyproject defaults: batch, epochs, rounds)
-        dev_local, dev_rounds = rc.local, rc.num_rounds
+        # a one-user device in the deployed configuration of its preset (local optimiser, rounds)
         for name in ap.RUNS:
+            preset = parse_run_config(run_config({**overrides, **PRESETS[name]}))
+            dev_local, dev_rounds = preset.local, preset.num_rounds
             for resid in (False, True):
                 r = ap.upload_leakage(
                     prep,
@@ -132,8 +134,7 @@ def _privacy(parts: set[str], args: argparse.Namespace) -> dict[str, Any]:
         },
         "leak": {
             "users": args.leak_users,
-            "device-local": dataclasses.asdict(rc.local),
-            "device-planned-rounds": rc.num_rounds,
+            "device": "local optimiser and planned rounds of each run's preset (simulations/presets.py)",
         },
         "dp": {
             "delta": "min(dp.delta, 1/n) per node",

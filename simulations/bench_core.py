@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         "central": cfg.model,
         "central-idres": dataclasses.replace(cfg.model, id_residual=True),
         "central-textonly": dataclasses.replace(cfg.model, user_mode="personal"),
+        # the federated model (no per-item parameters, cosine scores) trained centrally: the federated
+        # runs' ceiling without personalisation
+        "central-fedmodel": dataclasses.replace(cfg.model, score="cosine", item_bias=False),
     }
     for name, mcfg in variants.items():
         if name in wanted:

@@ -181,6 +181,11 @@ def test_cosine_score_keeps_logits_bounded_and_has_no_learned_scale(tiny_bert: s
     assert scores.abs().max() <= 1.0 + 1e-5
     v, _ = model.items(torch.arange(len(TEXTS)))
     assert torch.allclose(v.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert torch.allclose(model.user_vectors(users, hist).norm(dim=-1), torch.ones(2), atol=1e-5)
+    # personal (DP) mode: the raw personal vector (small at the start), not a unit-length one
+    dp_model, _ = _model(tiny_bert, 0, "bottleneck", score="cosine", user_mode="personal")
+    u = dp_model.user_vectors(users, None)
+    assert torch.equal(u, dp_model.user.personal(users)) and (u.norm(dim=-1) < 0.5).all()
 
 
 def test_pca_projection_init_is_orthonormal_and_centred(tiny_bert: str) -> None:
