@@ -398,6 +398,7 @@ def _deploy_config(data: Path, work: Path, name: str, rounds: int, **extra: Any)
         "fed.out-dir": str(work / "runs"),
         "fed.run-name": name,
         "fed.central-eval": True,
+        "fed.fraction-train": 1.0,  # every node trains every round (the cases are about each node)
         **extra,
     }
 
@@ -456,7 +457,16 @@ def superlink_restart(
             work,
             "restart",
             rounds,
-            **{"fed.min-nodes": 2, "fed.timeout": timeout, "fed.resume": True, "fed.eval-every": rounds},
+            **{
+                "fed.min-nodes": 2,
+                "fed.timeout": timeout,
+                "fed.resume": True,
+                "fed.eval-every": rounds,
+                # record-level DP on, with a budget no round reaches: the nodes' accountants must
+                # continue across the restart (node state kept on the device), not start again
+                "dp.enabled": True,
+                "dp.noise-multiplier": 1.0,
+            },
         )
         sub = cl.submit(cfg)
         if sub.returncode != 0:
@@ -479,7 +489,11 @@ def superlink_restart(
             json.dumps(a.get("central"), sort_keys=True) == json.dumps(b.get("central"), sort_keys=True)
             for a, b in zip(snapshot[:ck_round], rows[:ck_round], strict=False)
         )
+        eps = [r.get("train", {}).get("epsilon-max", 0.0) for r in rows]
+        eps_continues = len(eps) == rounds and all(b > a for a, b in zip(eps, eps[1:], strict=False))
         detail = {
+            "epsilon_max_by_round": eps,
+            "epsilon_continues_after_restart": eps_continues,
             "rounds_before_stop": [r["round"] for r in snapshot],
             "checkpoint_round_at_stop": ck_round,
             "rounds_after_restart": kept,
@@ -487,7 +501,7 @@ def superlink_restart(
             "final_central_test_hr@10": rows[-1].get("central", {}).get("test-hr@10") if rows else None,
             "runs_submitted": 2,
         }
-        ok = kept == list(range(1, rounds + 1)) and same and ck_round >= 2
+        ok = kept == list(range(1, rounds + 1)) and same and ck_round >= 2 and eps_continues
         return _ok(ok, detail)
     finally:
         cl.stop_all()
