@@ -7,6 +7,7 @@ namespaces are a :class:`~shared.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,8 +140,6 @@ class NodeSpec:
         ``state-dir`` if given; a device's default is ``.fedxrec-state`` beside its data file; a
         simulated node's is ``<runs dir>/<run name>/nodes``.
         """
-        from client.state import state_file
-
         if self.state_dir:
             return state_file(self.state_dir, rc.run_name)
         if self.data_path is not None:
@@ -149,23 +148,28 @@ class NodeSpec:
         return root / f"p{self.partition_id:05d}-of-{self.num_partitions}.npz"
 
 
+def state_file(state_dir: str | Path, run_name: str) -> Path:
+    """Where a node keeps its state for run ``run_name`` (one file per run name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name) or "run"
+    return Path(state_dir) / f"{safe}.npz"
+
+
 def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
     """Parse ``node_config``; a device path wins over a simulation partition."""
+    state_dir = str(flat["state-dir"]) if "state-dir" in flat else None
     if "data-path" in flat:
         if "catalog-path" not in flat:
             raise ConfigError("catalog-path", "a node with data-path also needs catalog-path (the shared catalogue)")
         return NodeSpec(
             data_path=str(flat["data-path"]),
             catalog_path=str(flat["catalog-path"]),
-            state_dir=str(flat["state-dir"]) if "state-dir" in flat else None,
+            state_dir=state_dir,
         )
     if "partition-id" in flat and "num-partitions" in flat:
         pid, num = int(flat["partition-id"]), int(flat["num-partitions"])
         if not 0 <= pid < num:
             raise ConfigError("partition-id", f"must be in [0, {num}), got {pid}")
-        return NodeSpec(
-            partition_id=pid, num_partitions=num, state_dir=str(flat["state-dir"]) if "state-dir" in flat else None
-        )
+        return NodeSpec(partition_id=pid, num_partitions=num, state_dir=state_dir)
     raise ConfigError(
         "node_config",
         f"needs data-path and catalog-path (device) or partition-id and num-partitions (simulation); got {sorted(flat)}",

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from client.config import parse_node_config, parse_run_config
-from client.data import load_node_data
+from client.config import ClientRunConfig, parse_node_config, parse_run_config
+from client.data import NodeData, load_node_data
 from client.legacy import evaluate_reply, fit_reply, is_legacy, legacy_inputs
 from client.privacy import NodePrivacy, check_budget, plan_noise
 from client.state import (
@@ -27,6 +27,7 @@ from client.state import (
     upload_arrays,
 )
 from client.train import build_model, evaluate_node, shared_names, train_dp, train_plain
+from shared.model import Recommender
 from shared.params import num_bytes
 
 log = logging.getLogger(__name__)
@@ -37,21 +38,24 @@ def _node_seed(context: Context, server_round: int) -> int:
     return (int(context.node_id) * 1_000_003 + server_round) % (2**31)
 
 
-def _restore_node_state(context: Context, path: Path) -> None:
-    """A run's first message to this node: pick up the state an earlier run of this name left on disk."""
-    if not context.state.array_records and not context.state.config_records:
-        if load_node_state(path, context.state):
-            log.info("node state restored from %s", path)
+def _setup(context: Context) -> tuple[ClientRunConfig, NodeData, Path, Recommender]:
+    """Configs, data, state file and a fresh model for this node.
 
-
-def train(msg: Message, context: Context) -> Message:
-    """Train on this node's interactions; reply with the shared parameters only."""
+    A run's first message to the node picks up the state an earlier run of this name left on disk.
+    """
     rc = parse_run_config(context.run_config)
     spec = parse_node_config(context.node_config)
     data = load_node_data(spec, rc.core)
     state_path = spec.state_path(rc)
-    _restore_node_state(context, state_path)
-    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    if not context.state.array_records and not context.state.config_records:
+        if load_node_state(state_path, context.state):
+            log.info("node state restored from %s", state_path)
+    return rc, data, state_path, build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train on this node's interactions; reply with the shared parameters only."""
+    rc, data, state_path, model = _setup(context)
     names = shared_names(model)
     legacy = is_legacy(msg)  # a SecAgg+ (legacy workflow) round
     if legacy:
@@ -107,11 +111,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank this node's own validation and test items; reply with HR/NDCG sums and counts only."""
-    rc = parse_run_config(context.run_config)
-    spec = parse_node_config(context.node_config)
-    data = load_node_data(spec, rc.core)
-    _restore_node_state(context, spec.state_path(rc))
-    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    rc, data, _, model = _setup(context)
     if is_legacy(msg):
         arrays, _ = legacy_inputs(msg, shared_names(model), train=False)
         load_global(record_of(arrays), model)

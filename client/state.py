@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +85,6 @@ def upload_arrays(model: Recommender, names: list[str], dtype: str) -> dict[str,
         return {n: params[n].detach().numpy().astype(dtype) for n in names}
 
 
-def state_file(state_dir: str | Path, run_name: str) -> Path:
-    """Where a node keeps its state for run ``run_name`` (one file per run name)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name) or "run"
-    return Path(state_dir) / f"{safe}.npz"
-
-
 def save_node_state(path: Path, state: RecordDict) -> None:
     """Write the personal parameters and the privacy record of ``state`` to ``path`` (atomic)."""
     arrays: dict[str, np.ndarray] = {}
@@ -100,7 +93,7 @@ def save_node_state(path: Path, state: RecordDict) -> None:
     meta = {"privacy": str(state.config_records[PRIVACY_KEY]["json"]) if PRIVACY_KEY in state.config_records else None}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy stubs type the kwargs as allow_pickle
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 

@@ -151,14 +151,15 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             row["user-dp-epsilon"] = user_dp_epsilon(
                 rc.fed.user_dp_noise, rc.fed.fraction_train, rnd, rc.fed.user_dp_delta
             )
-        if rc.fed.fraction_evaluate > 0 and (rnd % rc.fed.eval_every == 0 or rnd == rc.num_rounds):
+        eval_round = rnd % rc.fed.eval_every == 0 or rnd == rc.num_rounds
+        if rc.fed.fraction_evaluate > 0 and eval_round:
             ereplies = grid.send_and_receive(
                 strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid), timeout=rc.fed.timeout
             )
             em = strategy.aggregate_evaluate(rnd, ereplies)
             row["fed"] = dict(em or {})
         model.load_partial(from_record(arrays, model.shared_state()))
-        if rc.fed.central_eval and (rnd % rc.fed.eval_every == 0 or rnd == rc.num_rounds):
+        if rc.fed.central_eval and eval_round:
             row["central"] = {**central_p1(model, prep.split, "val"), **central_p1(model, prep.split, "test")}
         row["seconds"] = time.time() - t0
         save_checkpoint(

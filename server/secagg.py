@@ -102,9 +102,13 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
         flog(INFO, "%s", progress_line(row, rc.num_rounds))
         return dict(fed.items())  # type: ignore[arg-type]
 
-    momentum = {"server_learning_rate": rc.fed.server_lr, "server_momentum": rc.fed.server_momentum}
-    strategy = (LegacyFedAvgM if rc.fed.strategy == "fedavgm" else LegacyFedAvg)(
-        **(momentum if rc.fed.strategy == "fedavgm" else {}),
+    momentum: dict[str, Any] = {}
+    legacy_cls: type[LegacyFedAvg] = LegacyFedAvg
+    if rc.fed.strategy == "fedavgm":
+        momentum = {"server_learning_rate": rc.fed.server_lr, "server_momentum": rc.fed.server_momentum}
+        legacy_cls = LegacyFedAvgM
+    strategy = legacy_cls(
+        **momentum,
         fraction_fit=rc.fed.fraction_train,
         fraction_evaluate=rc.fed.fraction_evaluate,
         min_fit_clients=rc.fed.min_nodes,
