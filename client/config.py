@@ -7,13 +7,23 @@ namespaces are a :class:`~shared.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.config import Config, ModelConfig, _check, check_uploads, config_from_flat, from_flat, runs_root
+from shared.config import (
+    Config,
+    ModelConfig,
+    _check,
+    check_dp_model,
+    check_uploads,
+    config_from_flat,
+    from_flat,
+    runs_root,
+)
 from shared.errors import ConfigError
 
 
@@ -48,29 +58,95 @@ class LocalConfig:
 
 @dataclass
 class PrivacyConfig:
-    """Record-level DP-SGD on each node (``dp.*``). The privacy unit is one interaction."""
+    """Record-level DP-SGD on each device (``dp.*``). The privacy unit is one interaction.
+
+    Every value here is public (it comes from the run config), so ε depends on nothing a device holds.
+    """
 
     enabled: bool = False
-    #: target ε for the whole run; > 0 computes the noise multiplier once from the planned steps,
+    #: ``local``: each device adds the whole noise to its own steps and uploads its DP model (no trust
+    #: needed); ``distributed``: each device adds its share of one round's noise to its clipped gradient
+    #: sum, and only the secure sum over the cohort (SecAgg+) is a DP release (trust: secure aggregation)
+    mode: str = "local"
+    #: target ε for the whole run; > 0 plans the noise multiplier once from the planned steps,
     #: 0 uses ``noise_multiplier`` as given
     target_epsilon: float = 0.0
     noise_multiplier: float = 1.0
-    #: per-sample gradient clipping norm
+    #: per-sample gradient clipping norm (of the shared parameters; the personal vector has its own)
     max_grad_norm: float = 1.0
-    #: δ; a node with more than 1/δ examples uses δ = 1/n instead (δ ≤ 1/n always)
-    delta: float = 1e-3
-    #: cryptographically secure noise and sampling (needs the ``torchcsprng`` package)
-    secure_rng: bool = False
-    #: rank with the device's own history summary at evaluation (post-processing on the device)
-    eval_history: bool = True
+    #: per-sample clipping norm of the personal user vector (0: clipped jointly with the shared parameters)
+    personal_grad_norm: float = 0.0
+    #: per-sample clipping norm of the per-item bias (0: clipped jointly with the shared parameters)
+    bias_grad_norm: float = 0.0
+    #: δ; a device trains on at most 1/(10·δ) interactions (its newest), so δ ≤ 1/(10·n)
+    delta: float = 1e-5
+    #: Poisson sampling rate of each step (public: the same for every device, whatever its n)
+    sample_rate: float = 0.05
+    #: DP steps per round (0: one expected pass, round(1 / sample-rate)); ``distributed`` takes one
+    local_steps: int = 0
+    #: normaliser of a step's noisy gradient sum (public; in place of the data-dependent batch size)
+    expected_batch: float = 8.0
+    #: ``distributed``: the fewest replies a round needs; each device's noise share is calibrated so
+    #: that this many shares already add up to the whole noise (slack for dropouts)
+    min_shares: int = 2
 
     def __post_init__(self) -> None:
+        _check(self.mode in ("local", "distributed"), "dp.mode", f"local|distributed, got {self.mode!r}")
         _check(self.target_epsilon >= 0, "dp.target-epsilon", f"must be >= 0, got {self.target_epsilon}")
         _check(self.noise_multiplier >= 0, "dp.noise-multiplier", f"must be >= 0, got {self.noise_multiplier}")
         _check(self.max_grad_norm > 0, "dp.max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
+        _check(self.personal_grad_norm >= 0, "dp.personal-grad-norm", f"must be >= 0, got {self.personal_grad_norm}")
+        _check(self.bias_grad_norm >= 0, "dp.bias-grad-norm", f"must be >= 0, got {self.bias_grad_norm}")
         _check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
+        _check(0 < self.sample_rate <= 1, "dp.sample-rate", f"must be in (0, 1], got {self.sample_rate}")
+        _check(self.local_steps >= 0, "dp.local-steps", f"must be >= 0, got {self.local_steps}")
+        _check(self.expected_batch > 0, "dp.expected-batch", f"must be > 0, got {self.expected_batch}")
+        _check(self.min_shares >= 1, "dp.min-shares", f"must be >= 1, got {self.min_shares}")
         if self.enabled and self.target_epsilon == 0 and self.noise_multiplier == 0:
             raise ConfigError("dp.noise-multiplier", "must be > 0 when dp.enabled and no dp.target-epsilon")
+
+    def steps_per_round(self) -> int:
+        """DP steps a device takes in one round (public)."""
+        if self.mode == "distributed":
+            return 1
+        return self.local_steps or max(1, round(1.0 / self.sample_rate))
+
+    def clip_norms(self) -> dict[str, float]:
+        """Per-sample clipping norm of each parameter group (``shared``, ``personal``, ``bias``)."""
+        return {"shared": self.max_grad_norm, "personal": self.personal_grad_norm, "bias": self.bias_grad_norm}
+
+    def total_clip(self) -> float:
+        """The L2 sensitivity of one sample's clipped gradient over all groups (the noise scale's unit)."""
+        return math.sqrt(sum(c * c for c in self.clip_norms().values()))
+
+
+@dataclass
+class DeviceFloor:
+    """A device's own privacy floor (``node_config``): the device refuses a run that is weaker.
+
+    The server cannot change these: they come from the device's own SuperNode configuration.
+    """
+
+    #: refuse runs without record-level DP
+    required: bool = False
+    #: refuse a noise multiplier below this
+    min_noise: float = 0.0
+    #: the most ε this device spends over all runs together (0: no ceiling); also refuses a run whose
+    #: dp.target-epsilon is above it
+    max_epsilon: float = 0.0
+    #: refuse a dp.delta above this
+    max_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check(self.min_noise >= 0, "dp-min-noise", f"must be >= 0, got {self.min_noise}")
+        _check(self.max_epsilon >= 0, "dp-max-epsilon", f"must be >= 0, got {self.max_epsilon}")
+        _check(0 < self.max_delta < 1, "dp-max-delta", f"must be in (0, 1), got {self.max_delta}")
+
+
+#: a real device's floor when its node_config says nothing: DP required, ε ≤ 8 over all runs, δ ≤ 1e-5
+DEVICE_DEFAULT_FLOOR = DeviceFloor(required=True, max_epsilon=8.0)
+#: a simulated node's floor when its node_config says nothing (the experimenter's own data)
+SIMULATED_DEFAULT_FLOOR = DeviceFloor(required=False)
 
 
 @dataclass
@@ -117,6 +193,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
         out_dir=str(flat.get("fed.out-dir", "")),
     )
     check_uploads(rc.model, rc.dp.enabled)
+    check_dp_model(rc.model, rc.dp.enabled)
     return rc
 
 
@@ -133,6 +210,8 @@ class NodeSpec:
     catalog_path: str | None = None
     #: where the node keeps its state across runs (default: see :func:`NodeSpec.state_path`)
     state_dir: str | None = None
+    #: the device's own privacy floor (``dp-required``, ``dp-min-noise``, ``dp-max-epsilon``, ``dp-max-delta``)
+    floor: DeviceFloor = field(default_factory=DeviceFloor)
 
     def state_path(self, rc: ClientRunConfig) -> Path:
         """The node's state file for this run name (accountant and personal parameters).
@@ -147,11 +226,50 @@ class NodeSpec:
         root = runs_root(rc.out_dir) / rc.run_name / "nodes"
         return root / f"p{self.partition_id:05d}-of-{self.num_partitions}.npz"
 
+    def ledger_path(self, rc: ClientRunConfig) -> Path:
+        """The device's privacy ledger (every run's accountant history), independent of the run name.
+
+        ``state-dir`` or ``.fedxrec-state`` beside a device's data file; a simulated node (the
+        experimenter's own data, a new experiment per run name) keeps it beside its state file.
+        """
+        if self.state_dir:
+            return Path(self.state_dir) / "privacy-ledger.json"
+        if self.data_path is not None:
+            return Path(self.data_path).resolve().parent / ".fedxrec-state" / "privacy-ledger.json"
+        return self.state_path(rc).with_suffix(".ledger.json")
+
 
 def state_file(state_dir: str | Path, run_name: str) -> Path:
     """Where a node keeps its state for run ``run_name`` (one file per run name)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name) or "run"
     return Path(state_dir) / f"{safe}.npz"
+
+
+FLOOR_KEYS = {
+    "dp-required": "required",
+    "dp-min-noise": "min_noise",
+    "dp-max-epsilon": "max_epsilon",
+    "dp-max-delta": "max_delta",
+}
+
+
+def parse_floor(flat: Mapping[str, Any], default: DeviceFloor) -> DeviceFloor:
+    """The device's privacy floor from its ``node_config`` (keys :data:`FLOOR_KEYS`) over ``default``."""
+    kwargs: dict[str, Any] = {}
+    for key, name in FLOOR_KEYS.items():
+        if key not in flat:
+            continue
+        v = flat[key]
+        if name == "required":
+            if isinstance(v, str) and v.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError(key, f"expected a boolean, got {v!r}")
+            kwargs[name] = v.lower() in ("true", "1") if isinstance(v, str) else bool(v)
+        else:
+            try:
+                kwargs[name] = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(key, f"expected a number, got {v!r}") from None
+    return replace(default, **kwargs)
 
 
 def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
@@ -164,12 +282,15 @@ def parse_node_config(flat: Mapping[str, Any]) -> NodeSpec:
             data_path=str(flat["data-path"]),
             catalog_path=str(flat["catalog-path"]),
             state_dir=state_dir,
+            floor=parse_floor(flat, DEVICE_DEFAULT_FLOOR),
         )
     if "partition-id" in flat and "num-partitions" in flat:
         pid, num = int(flat["partition-id"]), int(flat["num-partitions"])
         if not 0 <= pid < num:
             raise ConfigError("partition-id", f"must be in [0, {num}), got {pid}")
-        return NodeSpec(partition_id=pid, num_partitions=num, state_dir=state_dir)
+        return NodeSpec(
+            partition_id=pid, num_partitions=num, state_dir=state_dir, floor=parse_floor(flat, SIMULATED_DEFAULT_FLOOR)
+        )
     raise ConfigError(
         "node_config",
         f"needs data-path and catalog-path (device) or partition-id and num-partitions (simulation); got {sorted(flat)}",

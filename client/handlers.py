@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from client.config import ClientRunConfig, parse_node_config, parse_run_config
+from client.config import ClientRunConfig, LocalConfig, NodeSpec, parse_node_config, parse_run_config
 from client.data import NodeData, load_node_data
-from client.legacy import evaluate_reply, fit_reply, is_legacy, legacy_inputs
-from client.privacy import NodePrivacy, check_budget, plan_noise
+from client.legacy import fit_reply, is_legacy, legacy_inputs
+from client.privacy import Ledger, NodePrivacy, check_budget, check_run, plan_noise
+from client.replies import check_eval_allowed, eval_metrics, reply_mode, train_metrics
 from client.state import (
     load_global,
     load_node_state,
@@ -26,7 +27,7 @@ from client.state import (
     store_privacy,
     upload_arrays,
 )
-from client.train import build_model, evaluate_node, shared_names, train_dp, train_plain
+from client.train import LocalResult, build_model, evaluate_node, shared_names, train_dp, train_plain
 from shared.model import Recommender
 from shared.params import num_bytes
 
@@ -34,28 +35,52 @@ log = logging.getLogger(__name__)
 torch.set_num_threads(1)  # one simulated node per core; intra-op threads only add overhead here
 
 
-def _node_seed(context: Context, server_round: int) -> int:
+def _plain_seed(context: Context, server_round: int) -> int:
+    """Seed of non-private training (reproducible experiments); never used under DP."""
     return (int(context.node_id) * 1_000_003 + server_round) % (2**31)
 
 
-def _setup(context: Context) -> tuple[ClientRunConfig, NodeData, Path, Recommender]:
+def _setup(context: Context) -> tuple[ClientRunConfig, NodeSpec, NodeData, Path, Recommender]:
     """Configs, data, state file and a fresh model for this node.
 
     A run's first message to the node picks up the state an earlier run of this name left on disk.
     """
     rc = parse_run_config(context.run_config)
     spec = parse_node_config(context.node_config)
+    check_run(spec.floor, rc.dp, None)  # before touching the data: a weaker run is refused outright
     data = load_node_data(spec, rc.core)
     state_path = spec.state_path(rc)
     if not context.state.array_records and not context.state.config_records:
         if load_node_state(state_path, context.state):
             log.info("node state restored from %s", state_path)
-    return rc, data, state_path, build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    return rc, spec, data, state_path, build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+
+
+def _train_private(
+    rc: ClientRunConfig,
+    spec: NodeSpec,
+    context: Context,
+    model: Recommender,
+    data: NodeData,
+    local: LocalConfig,
+    mu: float,
+) -> LocalResult:
+    """One round of record-level DP training, after the device's own checks; updates its ledger."""
+    privacy = load_privacy(context.state) or NodePrivacy(
+        noise_multiplier=plan_noise(rc.dp, num_rounds=rc.num_rounds, fraction=rc.fraction_train)
+    )
+    check_run(spec.floor, rc.dp, privacy.noise_multiplier)
+    ledger = Ledger(spec.ledger_path(rc))
+    check_budget(rc.dp, privacy, floor=spec.floor, ledger=ledger.others(rc.run_name))
+    res = train_dp(model, data, privacy, lcfg=local, tcfg=rc.core.train, pcfg=rc.dp, proximal_mu=mu)
+    ledger.record(rc.run_name, privacy.history)  # before replying: a crash after this keeps the spend
+    store_privacy(context.state, privacy)
+    return res
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Train on this node's interactions; reply with the shared parameters only."""
-    rc, data, state_path, model = _setup(context)
+    """Train on this node's interactions; reply with the shared parameters (and :mod:`client.replies`)."""
+    rc, spec, data, state_path, model = _setup(context)
     names = shared_names(model)
     legacy = is_legacy(msg)  # a SecAgg+ (legacy workflow) round
     if legacy:
@@ -70,58 +95,44 @@ def train(msg: Message, context: Context) -> Message:
     if not 0 < lr_scale <= 1:
         raise ValueError(f"lr-scale from the server must be in (0, 1], got {lr_scale}")
     local = dataclasses.replace(rc.local, lr=rc.local.lr * lr_scale)
-    rng = np.random.default_rng(_node_seed(context, server_round))
     restore_personal(context.state, model)
     if rc.dp.enabled:
-        privacy = load_privacy(context.state) or NodePrivacy(
-            noise_multiplier=plan_noise(
-                rc.dp,
-                num_examples=data.num_train(),
-                batch_size=rc.local.batch_size,
-                local_epochs=rc.local.epochs,
-                num_rounds=rc.num_rounds,
-                fraction=rc.fraction_train,
-            )
-        )
-        check_budget(
-            rc.dp, privacy, num_examples=data.num_train(), batch_size=rc.local.batch_size, local_epochs=rc.local.epochs
-        )
-        res = train_dp(model, data, privacy, lcfg=local, tcfg=rc.core.train, pcfg=rc.dp, rng=rng, proximal_mu=mu)
-        store_privacy(context.state, privacy)
+        res = _train_private(rc, spec, context, model, data, local, mu)
     else:
+        rng = np.random.default_rng(_plain_seed(context, server_round))
         res = train_plain(model, data, lcfg=local, tcfg=rc.core.train, rng=rng, proximal_mu=mu)
     store_personal(context.state, model)
     save_node_state(state_path, context.state)  # before replying: a crash after this round keeps its ε
 
     upload = upload_arrays(model, names, rc.local.upload_dtype)
-    metrics: dict[str, Any] = {
-        "num-examples": res.num_examples,
-        "unit-weight": 1,
-        "train-loss": res.loss,
-        "local-steps": res.steps,
-        "epsilon": res.epsilon,
-        "delta": res.delta,
-        "noise-multiplier": res.noise_multiplier,
-        "upload-bytes": num_bytes(upload),
-    }
+    mode = reply_mode(dp_enabled=rc.dp.enabled, secagg=legacy)
+    metrics = train_metrics(
+        mode,
+        {
+            "num-examples": res.num_examples,
+            "unit-weight": 1,
+            "train-loss": res.loss,
+            "local-steps": res.steps,
+            "upload-bytes": num_bytes(upload),
+        },
+    )
     if legacy:
-        return fit_reply(msg, upload, res.num_examples, metrics)
+        return fit_reply(msg, upload, 1, metrics)
     return Message(RecordDict({"arrays": record_of(upload), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rank this node's own validation and test items; reply with HR/NDCG sums and counts only."""
-    rc, data, _, model = _setup(context)
+    """Rank this node's own validation and test items; reply with HR/NDCG sums and counts (plain mode only)."""
+    rc = parse_run_config(context.run_config)
+    mode = reply_mode(dp_enabled=rc.dp.enabled, secagg=is_legacy(msg))
+    check_eval_allowed(mode)  # refuses before any data is read in a mode that sends no evaluation
+    _, _, data, _, model = _setup(context)
     if is_legacy(msg):
         arrays, _ = legacy_inputs(msg, shared_names(model), train=False)
         load_global(record_of(arrays), model)
     else:
         load_global(msg.content.array_records["arrays"], model)
     restore_personal(context.state, model)
-    use_history = rc.dp.eval_history if rc.dp.enabled else True
-    m: dict[str, Any] = evaluate_node(model, data, use_history=use_history)
-    m["num-examples"] = m["val-count"]
-    m["unit-weight"] = 1
-    if is_legacy(msg):
-        return evaluate_reply(msg, int(m["val-count"]), m)
+    m: dict[str, Any] = evaluate_node(model, data, use_history=True)
+    m = eval_metrics(mode, {**m, "num-examples": m["val-count"], "unit-weight": 1})
     return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)

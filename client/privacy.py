@@ -1,32 +1,56 @@
-"""Record-level DP bookkeeping for one node: planning the noise, and the accountant kept across rounds.
+"""Record-level DP bookkeeping for one device: public planning, the device's own floor, its ledger.
 
-The privacy unit is **one interaction** (one training sample). Opacus' RDP accountant history
-``[(noise_multiplier, sample_rate, steps), ...]`` is the whole privacy state of a node; it is stored in
-the node's ``context.state`` between rounds, so ε is cumulative over the run even though a fresh
-:class:`~opacus.PrivacyEngine` wraps the model each round.
+The privacy unit is **one interaction** (one training sample), under add/remove adjacency. Everything
+that sets the privacy loss is public: the noise multiplier σ, the Poisson sampling rate q
+(``dp.sample-rate``) and the number of steps per round (``dp.local-steps``) come from the run config,
+never from a device's data size n, so ε after r participations is the same for every device and
+nothing about n needs to leave it. δ is ``dp.delta``; a device never trains on more than
+``1/(10·δ)`` interactions (its newest ones), so δ ≤ 1/(10·n) always holds.
+
+Opacus' RDP accountant history ``[(noise_multiplier, sample_rate, steps), ...]`` is a device's whole
+privacy state. A device keeps it in two places: per run (in its node state, so a resumed run
+continues) and in its **ledger** (every run the device ever trained in, whatever its name), against
+which the device's own ε ceiling (``node_config`` ``dp-max-epsilon``) is checked: the server cannot
+reset it by renaming a run.
+
+Randomness that protects the device (DP noise, Poisson sampling, negatives under DP) comes from a
+fresh generator per round seeded from the OS (:func:`secure_seed`), never from the node id, the round
+or anything in a message; tests pass an explicit seed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from client.config import PrivacyConfig
-from shared.errors import ConfigError, FedxrecError
+from client.config import DeviceFloor, PrivacyConfig
+from shared.errors import ConfigError, DataError, FedxrecError
+from shared.io import atomic_path
 
 
 class PrivacyBudgetExhausted(FedxrecError):
-    """A node's next round would take its ε past the run's target: it does not train again."""
+    """A device's next round would take its ε past the run's target or its own ceiling."""
+
+
+class PrivacyRefused(FedxrecError):
+    """A run's privacy settings are weaker than the device's own floor: the device does not take part."""
+
+
+def secure_seed() -> int:
+    """A 63-bit seed from the OS entropy pool (``secrets``): nobody else can regenerate what it drives."""
+    return secrets.randbits(63)
 
 
 @dataclass
 class NodePrivacy:
-    """A node's DP state: the chosen noise multiplier and the accountant's history."""
+    """A device's DP state in one run: the run's noise multiplier and the accountant's history."""
 
     noise_multiplier: float = 0.0
     history: list[tuple[float, float, int]] = field(default_factory=list)
@@ -40,16 +64,17 @@ class NodePrivacy:
         return cls(float(d["noise_multiplier"]), [(float(a), float(b), int(c)) for a, b, c in d["history"]])
 
     def epsilon(self, delta: float) -> float:
-        """Cumulative ε at ``delta`` over every step taken so far (0 before any step).
+        """Cumulative ε at ``delta`` over every step of this history (0 before any step)."""
+        return epsilon_of(self.history, delta)
 
-        Opacus' RDP analysis of the subsampled Gaussian mechanism, over :data:`ORDERS`, with the
-        per-step RDP of each (noise, rate) pair cached: RDP composes linearly in the number of steps.
-        """
-        if not self.history:
-            return 0.0
-        rdp = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in self.history)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
-        return float(eps)
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
+    """ε at ``delta`` of an RDP accountant history (subsampled Gaussian, composed over every entry)."""
+    if not history:
+        return 0.0
+    rdp = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in history)
+    eps, _ = rdp_analysis.get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
 
 
 #: RDP orders. Every order gives a valid bound; Opacus' default list adds 99 fractional orders whose
@@ -65,57 +90,82 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     )
 
 
-def node_delta(cfg: PrivacyConfig, num_examples: int) -> float:
-    """δ for a node with ``num_examples`` training interactions: the configured δ, at most 1/n."""
-    return min(cfg.delta, 1.0 / max(num_examples, 1))
-
-
-def sample_rate(num_examples: int, batch_size: int) -> float:
-    """Poisson sampling rate of a node's local batches (Opacus: 1 / number of batches per epoch)."""
-    return 1.0 / math.ceil(num_examples / batch_size)
+def max_examples(delta: float) -> int:
+    """The most interactions a device trains on at ``delta`` (δ ≤ 1/(10·n)); it keeps its newest ones."""
+    return int(1.0 / (10.0 * delta))
 
 
 def planned_participations(num_rounds: int, fraction: float) -> int:
     """Rounds a node is planned to train in: the expectation plus two binomial standard deviations.
 
-    With every node in every round this is exactly ``num_rounds``. With a fraction, a node sampled
-    more often than planned ends above the target ε (its reported ε says so: the accountant counts
-    the steps actually taken).
+    With every node in every round this is exactly ``num_rounds``. A node sampled more often stops
+    when its budget is spent (:func:`check_budget`).
     """
     mean = num_rounds * fraction
     return min(num_rounds, math.ceil(mean + 2.0 * math.sqrt(mean * (1.0 - fraction))))
 
 
-def check_budget(
-    cfg: PrivacyConfig, privacy: NodePrivacy, *, num_examples: int, batch_size: int, local_epochs: int
-) -> None:
-    """Refuse a round whose steps would take the node's ε past ``dp.target-epsilon`` (no-op without one).
+def round_entry(cfg: PrivacyConfig, noise_multiplier: float) -> tuple[float, float, int]:
+    """The accountant entry of one round: (σ, q, steps), all public."""
+    return (noise_multiplier, cfg.sample_rate, cfg.steps_per_round())
 
-    Raises :class:`PrivacyBudgetExhausted`; the node's reply is then an error that the server logs,
-    and the other nodes' updates are aggregated.
-    """
+
+def plan_noise(cfg: PrivacyConfig, *, num_rounds: int, fraction: float) -> float:
+    """The run's noise multiplier, from public settings only: fixed, or planned for ``dp.target-epsilon``."""
     if cfg.target_epsilon <= 0:
+        return cfg.noise_multiplier
+    steps = planned_participations(num_rounds, fraction) * cfg.steps_per_round()
+    return noise_for_epsilon(cfg.target_epsilon, cfg.delta, cfg.sample_rate, steps)
+
+
+def check_run(floor: DeviceFloor, cfg: PrivacyConfig, noise_multiplier: float | None) -> None:
+    """Refuse a run whose privacy settings are weaker than this device's floor (:class:`PrivacyRefused`)."""
+    if not cfg.enabled:
+        if floor.required:
+            raise PrivacyRefused(
+                "this device requires record-level DP (node_config dp-required = true) and the run has dp.enabled = false"
+            )
         return
-    q = sample_rate(num_examples, batch_size)
-    nxt = NodePrivacy(
-        privacy.noise_multiplier, [*privacy.history, (privacy.noise_multiplier, q, local_epochs * round(1 / q))]
-    )
-    eps = nxt.epsilon(node_delta(cfg, num_examples))
-    if eps > cfg.target_epsilon:
-        raise PrivacyBudgetExhausted(
-            f"privacy budget exhausted: another round would reach ε={eps:.2f} > dp.target-epsilon={cfg.target_epsilon}"
+    if noise_multiplier is not None and noise_multiplier < floor.min_noise:
+        raise PrivacyRefused(
+            f"the run's noise multiplier {noise_multiplier:.3g} is below this device's dp-min-noise {floor.min_noise:g}"
+        )
+    if floor.max_epsilon > 0 and cfg.target_epsilon > floor.max_epsilon:
+        raise PrivacyRefused(
+            f"the run's dp.target-epsilon {cfg.target_epsilon:g} is above this device's dp-max-epsilon {floor.max_epsilon:g}"
+        )
+    if floor.max_epsilon > 0 and cfg.target_epsilon <= 0:
+        raise PrivacyRefused(
+            f"the run sets no dp.target-epsilon, and this device caps ε at dp-max-epsilon {floor.max_epsilon:g}"
+        )
+    if cfg.delta > floor.max_delta:
+        raise PrivacyRefused(
+            f"the run's dp.delta {cfg.delta:g} is above this device's dp-max-delta {floor.max_delta:g}"
         )
 
 
-def plan_noise(
-    cfg: PrivacyConfig, *, num_examples: int, batch_size: int, local_epochs: int, num_rounds: int, fraction: float
-) -> float:
-    """The noise multiplier for this node: fixed, or computed once for the target ε of the run."""
-    if cfg.target_epsilon <= 0:
-        return cfg.noise_multiplier
-    q = sample_rate(num_examples, batch_size)
-    steps = planned_participations(num_rounds, fraction) * local_epochs * round(1 / q)
-    return noise_for_epsilon(cfg.target_epsilon, node_delta(cfg, num_examples), q, steps)
+def check_budget(
+    cfg: PrivacyConfig, privacy: NodePrivacy, *, floor: DeviceFloor, ledger: list[tuple[float, float, int]]
+) -> None:
+    """Refuse a round that would take ε past the run's target, or the device's lifetime ε past its ceiling.
+
+    ``ledger`` is the device's accountant history over every other run. Raises
+    :class:`PrivacyBudgetExhausted`.
+    """
+    step = round_entry(cfg, privacy.noise_multiplier)
+    if cfg.target_epsilon > 0:
+        eps = epsilon_of([*privacy.history, step], cfg.delta)
+        if eps > cfg.target_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetExhausted(
+                f"privacy budget exhausted: another round would reach ε={eps:.2f} > dp.target-epsilon={cfg.target_epsilon}"
+            )
+    if floor.max_epsilon > 0:
+        total = epsilon_of([*ledger, *privacy.history, step], floor.max_delta)
+        if total > floor.max_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetExhausted(
+                f"device budget exhausted: another round would take this device's ε over all runs to {total:.2f} "
+                f"> its dp-max-epsilon {floor.max_epsilon:g}"
+            )
 
 
 @lru_cache(maxsize=1024)
@@ -123,7 +173,7 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
     """The smallest noise multiplier (to 0.5%) whose ε after ``steps`` steps is at most the target."""
 
     def eps(sigma: float) -> float:
-        return NodePrivacy(sigma, [(sigma, sample_rate, steps)]).epsilon(delta)
+        return epsilon_of([(sigma, sample_rate, steps)], delta)
 
     lo, hi = 0.05, 1.0
     while eps(hi) > target_epsilon:
@@ -134,3 +184,42 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
     return hi
+
+
+class Ledger:
+    """A device's accountant history over every run it trained in, on its own disk (JSON, atomic writes).
+
+    ``{"runs": {run name: [[σ, q, steps], ...]}}``. A corrupt ledger is an error, never a reset.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs: dict[str, list[tuple[float, float, int]]] = {}
+        if path.is_file():
+            try:
+                d = json.loads(path.read_text())
+                self.runs = {str(k): [(float(a), float(b), int(c)) for a, b, c in v] for k, v in d["runs"].items()}
+            except Exception as e:
+                raise DataError(path, f"unreadable privacy ledger ({type(e).__name__}: {e})") from e
+
+    def others(self, run_name: str) -> list[tuple[float, float, int]]:
+        """Every entry of the runs other than ``run_name``."""
+        return [h for name, hist in self.runs.items() if name != run_name for h in hist]
+
+    def record(self, run_name: str, history: list[tuple[float, float, int]]) -> None:
+        """Store ``run_name``'s whole history (it only grows) and write the ledger."""
+        def steps(hist: list[tuple[float, float, int]]) -> dict[tuple[float, float], int]:
+            out: dict[tuple[float, float], int] = {}
+            for sigma, q, k in hist:
+                out[(sigma, q)] = out.get((sigma, q), 0) + k
+            return out
+
+        old, new = steps(self.runs.get(run_name, [])), steps(history)
+        if any(new.get(key, 0) < k for key, k in old.items()):
+            raise PrivacyRefused(f"run {run_name!r} would shrink this device's privacy ledger {self.path}")
+        self.runs[run_name] = [tuple(h) for h in history]  # type: ignore[misc]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"runs": self.runs}))
+
+    def epsilon(self, delta: float) -> float:
+        return epsilon_of([h for hist in self.runs.values() for h in hist], delta)

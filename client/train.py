@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from client.config import LocalConfig, PrivacyConfig
 from client.data import NodeData
-from client.privacy import NodePrivacy, node_delta
+from client.privacy import NodePrivacy, max_examples, secure_seed
 from shared.config import ModelConfig, TrainConfig
 from shared.errors import ConfigError
 from shared.metrics import rank_of_target
@@ -131,24 +130,88 @@ def train_plain(
     return LocalResult(total / max(n, 1), len(users), nsteps)
 
 
-def _secure_engine(secure: bool) -> PrivacyEngine:
-    if secure:
-        try:
-            import torchcsprng  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "dp.secure-rng", "needs the torchcsprng package (cryptographically secure noise and sampling)"
-            ) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return PrivacyEngine(accountant="rdp", secure_mode=secure)
+def _groups(model: nn.Module, pcfg: PrivacyConfig) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by clipping group: ``shared``, ``personal`` and ``bias``.
+
+    A group without a norm of its own is clipped with ``shared``.
+    """
+    norms = pcfg.clip_norms()
+    out: dict[str, list[nn.Parameter]] = {"shared": [], "personal": [], "bias": []}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        g = "personal" if n.startswith(PERSONAL_PREFIXES) else "bias" if n == "items.bias.weight" else "shared"
+        out[g if norms[g] > 0 else "shared"].append(p)
+    return {g: ps for g, ps in out.items() if ps}
 
 
-def _noise_only_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
-    """An empty Poisson batch: no sample contributes, but the step still adds noise (and is accounted)."""
+def _clipped_sum(groups: dict[str, list[nn.Parameter]], norms: dict[str, float]) -> None:
+    """Replace each ``p.grad_sample`` (B, ...) by the sum of per-sample gradients clipped group by group.
+
+    Sample b's gradient in group g is scaled by min(1, C_g / ||g_b||), so one sample moves the sum by
+    at most sqrt(sum_g C_g^2) (:meth:`PrivacyConfig.total_clip`). An empty batch gives zeros.
+    """
+    for g, ps in groups.items():
+        gs = [p.grad_sample for p in ps]  # type: ignore[attr-defined]
+        b = gs[0].shape[0]
+        if b == 0:
+            for p in ps:
+                p.grad = torch.zeros_like(p)
+            continue
+        sq = torch.stack([x.reshape(b, -1).pow(2).sum(1) for x in gs]).sum(0)  # (B,)
+        factor = (norms[g] / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p, x in zip(ps, gs, strict=True):
+            p.grad = torch.einsum("b,b...->...", factor, x)
+
+
+def _add_noise(params: list[nn.Parameter], std: float, gen: torch.Generator) -> None:
+    for p in params:
+        assert p.grad is not None
+        p.grad.add_(torch.normal(0.0, std, size=p.shape, generator=gen))
+
+
+def dp_generators(test_seed: int | None) -> tuple[torch.Generator, np.random.Generator]:
+    """The round's private randomness (noise and Poisson sampling; negatives): OS entropy, or a test seed."""
+    seed = secure_seed() if test_seed is None else int(test_seed)
+    return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+
+
+def _dp_examples(data: NodeData, pcfg: PrivacyConfig) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    """The training samples a DP device uses: at most 1/(10·δ) interactions, its newest ones."""
+    cap = max_examples(pcfg.delta)
+    lists = list(data.split.train)
+    total = sum(len(x) for x in lists)
+    if total > cap:  # keep the newest cap interactions (each user's list is in time order)
+        ts = np.concatenate(data.split.train_ts)
+        keep_flat = np.zeros(total, bool)
+        keep_flat[np.argsort(ts, kind="stable")[total - cap :]] = True
+        bounds = np.cumsum([0, *[len(x) for x in lists]])
+        lists = [x[keep_flat[a:b]] for x, a, b in zip(lists, bounds[:-1], bounds[1:], strict=True)]
+    seqs = Sequences.from_lists(lists)
+    users, steps = seqs.samples()
+    return seqs, users, steps
+
+
+def _per_sample_grads(
+    gsm: GradSampleModule,
+    seqs: Sequences,
+    users: np.ndarray,
+    steps: np.ndarray,
+    *,
+    tcfg: TrainConfig,
+    num_items: int,
+    rng: np.random.Generator,
+) -> float:
+    """Forward and backward of one Poisson batch; fills ``grad_sample``; returns the summed loss."""
+    b = make_batch(seqs, users, steps, history_len=None, negatives=tcfg.negatives, num_items=num_items, rng=rng)
+    per = sample_losses(gsm(b["users"], None, b["candidates"]), tcfg.loss, tcfg.temperature)  # per-sample safe
+    per.sum().backward()
+    return float(per.detach().sum())
+
+
+def _empty_grad_samples(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
-    optimizer.step()
 
 
 def train_dp(
@@ -159,78 +222,73 @@ def train_dp(
     lcfg: LocalConfig,
     tcfg: TrainConfig,
     pcfg: PrivacyConfig,
-    rng: np.random.Generator,
     proximal_mu: float = 0.0,
+    test_seed: int | None = None,
 ) -> LocalResult:
-    """DP-SGD with Opacus: Poisson sampling, per-sample clipping, Gaussian noise.
+    """Local DP-SGD: Poisson sampling at the public rate, per-sample clipping by group, Gaussian noise.
 
-    ``privacy`` holds the accountant history from earlier rounds and is updated in place, so the
-    returned ε covers every step this node has ever taken.
+    Each of the round's ``dp.local-steps`` steps samples every interaction with probability
+    ``dp.sample-rate``, sums the clipped per-sample gradients, adds N(0, (σ·C)²) to every coordinate
+    (C = :meth:`PrivacyConfig.total_clip`) and divides by the public ``dp.expected-batch``. An empty
+    batch is a noise-only step. Noise, sampling and negatives come from OS entropy (``test_seed``: tests
+    only). ``privacy.history`` gains one entry per step, so ε covers every step this device took.
     """
     if model.cfg.user_mode != "personal":
         raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
-    seqs = Sequences.from_lists(data.split.train)
-    users, steps = seqs.samples()
-    n = len(users)
-    delta = node_delta(pcfg, n)
+    gen, rng = dp_generators(test_seed)
+    seqs, users, steps = _dp_examples(data, pcfg)
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
-    # a bare parameter on the top module has no per-sample gradient rule: keep the shared logit
-    # scale fixed on the device under DP (it is still uploaded, unchanged)
+    # a bare parameter on the top module has no per-sample gradient rule: the shared logit scale stays
+    # fixed on the device under DP (it is still uploaded, unchanged)
     scale_trained = model.scale.requires_grad
     model.scale.requires_grad_(False)
     opt = _optimizer(model, lcfg)
-    engine = _secure_engine(pcfg.secure_rng)
-    engine.accountant.history = list(privacy.history)
-    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=lcfg.batch_size)
-    gen = None if pcfg.secure_rng else torch.Generator().manual_seed(int(rng.integers(2**31)))
+    groups = _groups(model, pcfg)
+    params = [p for ps in groups.values() for p in ps]
+    std = privacy.noise_multiplier * pcfg.total_clip()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gsm, dp_opt, dp_loader = engine.make_private(
-            module=model,
-            optimizer=opt,
-            data_loader=loader,
-            noise_multiplier=privacy.noise_multiplier,
-            max_grad_norm=pcfg.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode="hooks",
-            noise_generator=gen,
-        )
-    if gen is not None:
-        dp_loader.batch_sampler.generator = gen  # type: ignore[union-attr]
-    params = [p for p in gsm.parameters() if p.requires_grad]
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     gsm.train()
-    total, seen, nsteps = 0.0, 0, 0
+    total, seen = 0.0, 0
+    nsteps = pcfg.steps_per_round()
     try:
-        for _ in range(lcfg.epochs):
-            for (idx_t,) in dp_loader:
-                idx = idx_t.numpy()
-                dp_opt.zero_grad(set_to_none=True)
-                if len(idx) == 0:
-                    _noise_only_step(dp_opt, params)
-                else:
-                    b = make_batch(
-                        seqs,
-                        users[idx],
-                        steps[idx],
-                        history_len=None,
-                        negatives=tcfg.negatives,
-                        num_items=data.num_items,
-                        rng=rng,
-                    )
-                    scores = gsm(b["users"], None, b["candidates"])  # per-sample safe path (all_items=False)
-                    per = sample_losses(scores, tcfg.loss, tcfg.temperature)
-                    per.mean().backward()
-                    dp_opt.step()
-                    total += float(per.detach().sum())
-                    seen += len(idx)
-                _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
-                nsteps += 1
+        for _ in range(nsteps):
+            pick = np.flatnonzero(torch.rand(len(users), generator=gen).numpy() < pcfg.sample_rate)
+            opt.zero_grad(set_to_none=True)
+            if len(pick):
+                total += _per_sample_grads(
+                    gsm, seqs, users[pick], steps[pick], tcfg=tcfg, num_items=data.num_items, rng=rng
+                )
+                seen += len(pick)
+            else:
+                _empty_grad_samples(params)
+            _clipped_sum(groups, pcfg.clip_norms())
+            _add_noise(params, std, gen)
+            for p in params:
+                assert p.grad is not None
+                p.grad.div_(pcfg.expected_batch)
+                p.grad_sample = None  # type: ignore[attr-defined]
+            opt.step()
+            privacy.history.append((privacy.noise_multiplier, pcfg.sample_rate, 1))
+            _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
     finally:
         gsm._close()
         model.scale.requires_grad_(scale_trained)
-    privacy.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
-    eps = privacy.epsilon(delta)
-    return LocalResult(total / max(seen, 1), n, nsteps, eps, delta, privacy.noise_multiplier)
+    privacy.history = _compact(privacy.history)
+    eps = privacy.epsilon(pcfg.delta)
+    return LocalResult(total / max(seen, 1), len(users), nsteps, eps, pcfg.delta, privacy.noise_multiplier)
+
+
+def _compact(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Merge consecutive accountant entries with the same (σ, q) (RDP composes linearly in steps)."""
+    out: list[tuple[float, float, int]] = []
+    for sigma, q, k in history:
+        if out and out[-1][0] == sigma and out[-1][1] == q:
+            out[-1] = (sigma, q, out[-1][2] + k)
+        else:
+            out.append((sigma, q, k))
+    return out
 
 
 @torch.no_grad()

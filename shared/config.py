@@ -95,6 +95,21 @@ def check_uploads(model: ModelConfig, dp_enabled: bool) -> None:
         )
 
 
+def check_dp_model(model: ModelConfig, dp_enabled: bool) -> None:
+    """Record-level DP supports the adapter over the pooled features only (``model.top-layers = 0``).
+
+    With top layers the item tower runs BERT layers over (batch × candidates) sequences merged into
+    one batch dimension, so Opacus' per-sample gradients would come out per candidate row, not per
+    interaction, and the clipping bound would not hold.
+    """
+    if dp_enabled and model.top_layers > 0:
+        raise ConfigError(
+            "model.top-layers",
+            f"record-level DP (dp.enabled) needs model.top-layers = 0; got {model.top_layers} "
+            "(per-sample gradients through the top BERT layers are not exact yet)",
+        )
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (central training and each client's local training)."""

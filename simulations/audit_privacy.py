@@ -145,14 +145,7 @@ def fedavg_train(
     personal: list[dict[str, torch.Tensor] | None] = [None] * len(nodes)
     privacy = [
         NodePrivacy(
-            noise_multiplier=plan_noise(
-                pcfg,
-                num_examples=nd.num_train(),
-                batch_size=run.local.batch_size,
-                local_epochs=run.local.epochs,
-                num_rounds=run.rounds,
-                fraction=1.0,
-            )
+            noise_multiplier=plan_noise(pcfg, num_rounds=run.rounds, fraction=1.0)
         )
         if dp
         else None
@@ -172,7 +165,7 @@ def fedavg_train(
             if dp:
                 p = privacy[i]
                 assert p is not None
-                res = train_dp(model, nd, p, lcfg=run.local, tcfg=rc.core.train, pcfg=pcfg, rng=rng)
+                res = train_dp(model, nd, p, lcfg=run.local, tcfg=rc.core.train, pcfg=pcfg)
                 eps[i] = res.epsilon
             else:
                 res = train_plain(model, nd, lcfg=run.local, tcfg=rc.core.train, rng=rng)
@@ -379,17 +372,10 @@ def upload_leakage(
         rng = np.random.default_rng(seed * 7919 + j)
         if dp:
             p = NodePrivacy(
-                plan_noise(
-                    pcfg,
-                    num_examples=nd.num_train(),
-                    batch_size=lcfg.batch_size,
-                    local_epochs=lcfg.epochs,
-                    num_rounds=num_rounds,
-                    fraction=1.0,
-                )
+                plan_noise(pcfg, num_rounds=num_rounds, fraction=1.0)
             )
             noise.append(p.noise_multiplier)
-            train_dp(model, nd, p, lcfg=lcfg, tcfg=rc.core.train, pcfg=pcfg, rng=rng)
+            train_dp(model, nd, p, lcfg=lcfg, tcfg=rc.core.train, pcfg=pcfg)
         else:
             train_plain(model, nd, lcfg=lcfg, tcfg=rc.core.train, rng=rng)
         after = {k: v.to(torch.float16).float() for k, v in model.shared_state().items()}  # the wire dtype

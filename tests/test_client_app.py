@@ -31,7 +31,7 @@ def test_train_reply_has_shared_parameters_only_and_the_metrics(fed_config: dict
     assert not any(k.startswith("user.personal") for k in arrays)
     m = reply.content.metric_records["metrics"]
     assert m["num-examples"] == 2 * 13  # 2 users of 15 interactions, 2 held out each
-    assert {"train-loss", "epsilon", "delta", "upload-bytes"} <= set(m)
+    assert set(m) == {"num-examples", "unit-weight", "train-loss", "local-steps", "upload-bytes"}
     assert m["upload-bytes"] == sum(a.numpy().nbytes for a in arrays.values())
     assert arrays["items.proj.weight"].numpy().dtype == np.float16
     assert "personal" in ctx.state.array_records  # the personal vector stays on the node
@@ -54,25 +54,89 @@ def test_evaluate_returns_sums_and_counts_only(fed_config: dict) -> None:  # noq
     assert m["val-count"] == 2 and 0 <= m["test-hits"] <= 2
 
 
-def test_epsilon_grows_across_rounds_that_share_a_node_state(fed_config: dict) -> None:  # noqa: F811
-    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 8.0, "num-server-rounds": 3}
+def _dp_cfg(base: dict, **kw: Any) -> dict[str, Any]:
+    return {
+        **base,
+        "dp.enabled": True,
+        "dp.target-epsilon": 8.0,
+        "num-server-rounds": 3,
+        "dp.sample-rate": 0.25,
+        "dp.expected-batch": 4.0,
+        **kw,
+    }
+
+
+def _ledger_epsilon(cfg: dict, partition: int) -> float:
+    from client.privacy import Ledger
+
+    rc = parse_run_config(cfg)
+    return Ledger(parse_node_config({"partition-id": partition, "num-partitions": 4}).ledger_path(rc)).epsilon(1e-5)
+
+
+def _history(state: RecordDict) -> list:
+    from client.state import load_privacy
+
+    p = load_privacy(state)
+    assert p is not None
+    return p.history
+
+
+def test_a_dp_reply_carries_the_noised_parameters_and_nothing_data_dependent(fed_config: dict) -> None:  # noqa: F811
+    cfg = _dp_cfg(fed_config)
+    glob = _global(cfg)
+    reply = capp.train(make_message("train", glob), make_context(cfg, partition=1, partitions=4))
+    assert dict(reply.content.metric_records["metrics"]) == {"unit-weight": 1}  # no n, loss, steps, σ or ε
+    assert set(reply.content.array_records["arrays"]) == set(glob)
+    # federated evaluation would send per-node hits computed from the raw history: refused under DP
+    from client.privacy import PrivacyRefused
+
+    with pytest.raises(PrivacyRefused, match="federated evaluation is refused"):
+        capp.evaluate(make_message("evaluate", glob), make_context(cfg, partition=1, partitions=4))
+
+
+def test_epsilon_grows_across_rounds_and_runs_and_the_server_cannot_reset_it(fed_config: dict) -> None:  # noqa: F811
+    cfg = _dp_cfg(fed_config)
     glob = _global(cfg)
     state = RecordDict()
     eps = []
     for rnd in (1, 2):
-        reply = capp.train(make_message("train", glob, rnd), make_context(cfg, partition=2, partitions=4, state=state))
-        m = reply.content.metric_records["metrics"]
-        eps.append(m["epsilon"])
-        assert m["delta"] <= 1 / m["num-examples"]
-        glob = {k: v.numpy().astype(np.float32).reshape(glob[k].shape) for k, v in reply.content["arrays"].items()}
+        capp.train(make_message("train", glob, rnd), make_context(cfg, partition=2, partitions=4, state=state))
+        eps.append(_ledger_epsilon(cfg, 2))
     assert 0 < eps[0] < eps[1] <= 8.0
-    # a resubmitted run of the same name (fresh context.state) continues the node's accountant from disk
-    again = capp.train(make_message("train", glob, 3), make_context(cfg, partition=2, partitions=4))
-    assert eps[1] < again.content.metric_records["metrics"]["epsilon"] <= 8.0
-    # another run name starts its own accountant
-    other = {**cfg, "fed.run-name": "other"}
-    fresh = capp.train(make_message("train", glob, 1), make_context(other, partition=2, partitions=4))
-    assert fresh.content.metric_records["metrics"]["epsilon"] == pytest.approx(eps[0], rel=1e-6)
+    assert sum(h[2] for h in _history(state)) == 2 * 4  # 4 public steps per round (1 / sample-rate)
+    # a resubmitted run of the same name (fresh context.state) continues the accountant from disk
+    ctx = make_context(cfg, partition=2, partitions=4)
+    capp.train(make_message("train", glob, 3), ctx)
+    assert sum(h[2] for h in _history(ctx.state)) == 3 * 4
+    assert eps[1] < _ledger_epsilon(cfg, 2)
+
+
+def test_a_device_refuses_a_run_weaker_than_its_floor(fed_config: dict, tmp_path) -> None:  # noqa: F811
+    from flwr.app import Context
+
+    from client.privacy import PrivacyBudgetExhausted, PrivacyRefused
+
+    cfg = _dp_cfg(fed_config)
+    glob = _global(cfg)
+
+    def ctx(run: dict, **floor: Any) -> Context:
+        node = {"partition-id": 0, "num-partitions": 4, "state-dir": str(tmp_path / "dev"), **floor}
+        return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run)
+
+    with pytest.raises(PrivacyRefused, match="dp-required"):
+        capp.train(make_message("train", glob), ctx(fed_config, **{"dp-required": True}))
+    with pytest.raises(PrivacyRefused, match="dp-min-noise"):
+        capp.train(make_message("train", glob), ctx(cfg, **{"dp-min-noise": 50.0}))
+    with pytest.raises(PrivacyRefused, match="dp-max-epsilon"):
+        capp.train(make_message("train", glob), ctx(cfg, **{"dp-max-epsilon": 4.0}))
+    with pytest.raises(PrivacyRefused, match="dp-max-delta"):
+        capp.train(make_message("train", glob), ctx({**cfg, "dp.delta": 1e-3}))
+    # the device's ceiling holds over all runs: renaming the run does not reset the device's ledger
+    one_round = {**cfg, "num-server-rounds": 1, "dp.target-epsilon": 3.9}
+    capp.train(make_message("train", glob), ctx(one_round, **{"dp-max-epsilon": 4.0}))
+    with pytest.raises(PrivacyBudgetExhausted, match="over all runs"):
+        renamed = {**one_round, "fed.run-name": "fresh-start"}
+        capp.train(make_message("train", glob), ctx(renamed, **{"dp-max-epsilon": 4.0}))
 
 
 def test_node_state_survives_a_new_run_and_a_corrupt_file_is_an_error(fed_config: dict) -> None:  # noqa: F811
@@ -113,7 +177,7 @@ def test_missing_device_data_is_a_clear_error(fed_config: dict, tmp_path) -> Non
     ctx = Context(
         run_id=1,
         node_id=9,
-        node_config={"data-path": str(tmp_path / "nope.data"), "catalog-path": str(tmp_path)},
+        node_config={"data-path": str(tmp_path / "nope.data"), "catalog-path": str(tmp_path), "dp-required": False},
         state=RecordDict(),
         run_config=fed_config,
     )
@@ -124,7 +188,7 @@ def test_missing_device_data_is_a_clear_error(fed_config: dict, tmp_path) -> Non
     ctx2 = Context(
         run_id=1,
         node_id=9,
-        node_config={"data-path": str(bad), "catalog-path": fed_config["data.dir"]},
+        node_config={"data-path": str(bad), "catalog-path": fed_config["data.dir"], "dp-required": False},
         state=RecordDict(),
         run_config=fed_config,
     )
@@ -142,7 +206,7 @@ def test_device_node_trains_on_its_own_file(fed_config: dict, tmp_path) -> None:
     ctx = Context(
         run_id=1,
         node_id=9,
-        node_config={"data-path": str(mine), "catalog-path": fed_config["data.dir"]},
+        node_config={"data-path": str(mine), "catalog-path": fed_config["data.dir"], "dp-required": False},
         state=RecordDict(),
         run_config=fed_config,
     )
@@ -150,16 +214,28 @@ def test_device_node_trains_on_its_own_file(fed_config: dict, tmp_path) -> None:
     assert m["num-examples"] == 13
     e = capp.evaluate(make_message("evaluate", glob), ctx).content.metric_records["metrics"]
     assert e["test-count"] == 1
+    # a real device requires DP unless its own node_config says otherwise
+    from client.privacy import PrivacyRefused
+
+    strict = Context(
+        run_id=1,
+        node_id=9,
+        node_config={"data-path": str(mine), "catalog-path": fed_config["data.dir"]},
+        state=RecordDict(),
+        run_config=fed_config,
+    )
+    with pytest.raises(PrivacyRefused, match="requires record-level DP"):
+        capp.train(make_message("train", glob), strict)
 
 
 def test_a_node_stops_training_when_its_budget_is_spent(fed_config: dict) -> None:  # noqa: F811
     from client.privacy import PrivacyBudgetExhausted
 
-    cfg = {**fed_config, "dp.enabled": True, "dp.target-epsilon": 2.0, "num-server-rounds": 1}
+    cfg = _dp_cfg(fed_config, **{"dp.target-epsilon": 2.0, "num-server-rounds": 1})
     glob = _global(cfg)
     state = RecordDict()
-    m = capp.train(make_message("train", glob, 1), make_context(cfg, partition=2, partitions=4, state=state))
-    assert 0 < m.content.metric_records["metrics"]["epsilon"] <= 2.0
+    capp.train(make_message("train", glob, 1), make_context(cfg, partition=2, partitions=4, state=state))
+    assert 0 < _ledger_epsilon(cfg, 2) <= 2.0
     with pytest.raises(PrivacyBudgetExhausted, match="dp.target-epsilon"):
         capp.train(make_message("train", glob, 2), make_context(cfg, partition=2, partitions=4, state=state))
 

@@ -13,7 +13,7 @@ from opacus import GradSampleModule
 from client.config import LocalConfig, PrivacyConfig, parse_node_config, parse_run_config
 from client.data import NodeData, load_node_data
 from client.privacy import NodePrivacy, plan_noise, planned_participations
-from client.train import _noise_only_step, build_model, train_dp
+from client.train import build_model, train_dp
 from shared.backbone import PrefixCache
 from shared.config import ModelConfig, TrainConfig
 from shared.model import Recommender
@@ -71,78 +71,116 @@ def test_per_sample_gradients_equal_per_example_autograd() -> None:
             torch.testing.assert_close(per_sample[n][i], g, atol=1e-5, rtol=1e-4, msg=n)
 
 
+def _dp(**kw: object) -> PrivacyConfig:
+    return PrivacyConfig(enabled=True, **{"sample_rate": 0.25, "expected_batch": 4.0, **kw})  # type: ignore[arg-type]
+
+
 def test_adapter_weights_change_under_dp() -> None:
     data = _tiny_node(lengths=(30,))
     model = Recommender(MCFG, data.cache, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     privacy = NodePrivacy(noise_multiplier=1.0)
-    res = train_dp(
-        model,
-        data,
-        privacy,
-        lcfg=LocalConfig(batch_size=8, epochs=2),
-        tcfg=TCFG,
-        pcfg=PrivacyConfig(enabled=True),
-        rng=np.random.default_rng(0),
-    )
+    res = train_dp(model, data, privacy, lcfg=LocalConfig(lr=0.05), tcfg=TCFG, pcfg=_dp(local_steps=8))
     after = model.state_dict()
     for name in ("items.adapter.down.weight", "items.adapter.up.weight", "items.proj.weight", "user.personal.weight"):
         assert not torch.equal(before[name], after[name]), f"{name} did not change under DP-SGD"
-    assert res.steps == 2 * 4 and res.epsilon > 0
-    assert sum(h[2] for h in privacy.history) == res.steps
+    assert res.steps == 8 and res.epsilon > 0
+    assert privacy.history == [(1.0, 0.25, 8)]
+
+
+def test_adapter_weights_learn_under_dp_not_only_from_noise() -> None:
+    """Opacus issue #820: under DP the adapter must move with the data, not only by the noise."""
+    data = _tiny_node(lengths=(30,))
+    torch.manual_seed(0)
+    model = Recommender(MCFG, data.cache, 1)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    noiseless = NodePrivacy(noise_multiplier=1e-9)  # the clipped signal alone
+    train_dp(model, data, noiseless, lcfg=LocalConfig(lr=0.05), tcfg=TCFG, pcfg=_dp(local_steps=8), test_seed=1)
+    moved = {k: float((model.state_dict()[k] - base[k]).abs().max()) for k in base}
+    assert moved["items.adapter.up.weight"] > 1e-4 and moved["items.proj.weight"] > 1e-4
+
+
+def test_dp_noise_cannot_be_replayed() -> None:
+    """Two DP rounds on identical inputs upload different parameters; only an explicit test seed repeats."""
+    data = _tiny_node(lengths=(30,))
+
+    def one(seed: int | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = Recommender(MCFG, data.cache, 1)
+        train_dp(
+            model, data, NodePrivacy(5.0), lcfg=LocalConfig(lr=0.05), tcfg=TCFG, pcfg=_dp(local_steps=4), test_seed=seed
+        )
+        return model.items.proj.weight.detach().clone()
+
+    a, b = one(None), one(None)
+    assert float((a - b).abs().max()) > 1e-3
+    torch.testing.assert_close(one(7), one(7))  # the test-only seed is the one way to repeat a round
+
+
+def test_clipping_bounds_each_samples_influence_by_group() -> None:
+    from client.train import _clipped_sum, _groups
+
+    data = _tiny_node(lengths=(12,))
+    model = Recommender(replace(MCFG, item_bias=True), data.cache, 1)
+    model.scale.requires_grad_(False)
+    pcfg = _dp(max_grad_norm=0.5, personal_grad_norm=0.3, bias_grad_norm=0.2)
+    groups = _groups(model, pcfg)
+    assert set(groups) == {"shared", "personal", "bias"}
+    for ps in groups.values():
+        for p in ps:
+            p.grad_sample = torch.randn(3, *p.shape) * 10  # type: ignore[attr-defined]
+    single = {id(p): p.grad_sample[:1].clone() for ps in groups.values() for p in ps}  # type: ignore[attr-defined]
+    _clipped_sum(groups, pcfg.clip_norms())
+    total = {id(p): p.grad.clone() for ps in groups.values() for p in ps}  # type: ignore[union-attr]
+    for ps in groups.values():
+        for p in ps:
+            p.grad_sample = single[id(p)]  # type: ignore[attr-defined]
+    _clipped_sum(groups, pcfg.clip_norms())
+    for g, ps in groups.items():
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in ps))  # type: ignore[operator]
+        assert float(norm) <= pcfg.clip_norms()[g] + 1e-5
+    assert pcfg.total_clip() == pytest.approx((0.25 + 0.09 + 0.04) ** 0.5)
+    assert all(torch.isfinite(t).all() for t in total.values())
 
 
 def test_empty_poisson_batch_is_a_noise_only_step() -> None:
     data = _tiny_node(lengths=(3,))
     model = Recommender(MCFG, data.cache, 1)
     privacy = NodePrivacy(noise_multiplier=1.0)
-    # 3 examples, batch 1: sample rate 1/3, an empty batch has probability 8/27 per step
-    res = train_dp(
-        model,
-        data,
-        privacy,
-        lcfg=LocalConfig(batch_size=1, epochs=20),
-        tcfg=TCFG,
-        pcfg=PrivacyConfig(enabled=True),
-        rng=np.random.default_rng(0),
-    )
-    assert res.steps == 60 and np.isfinite(res.loss) and res.epsilon > 0
+    # 3 examples at rate 0.2: an empty batch has probability 0.512 per step
+    res = train_dp(model, data, privacy, lcfg=LocalConfig(), tcfg=TCFG, pcfg=_dp(sample_rate=0.2), test_seed=3)
+    assert res.steps == 5 and np.isfinite(res.loss) and res.epsilon > 0
+    assert privacy.history == [(1.0, 0.2, 5)]
     for p in model.parameters():
         assert torch.isfinite(p).all()
 
 
-def test_noise_only_step_moves_parameters_and_counts() -> None:
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
+def test_a_device_trains_on_at_most_a_tenth_of_one_over_delta() -> None:
+    from client.train import _dp_examples
 
-    data = _tiny_node()
-    model = Recommender(MCFG, data.cache, 1)
-    model.scale.requires_grad_(False)
-    engine = PrivacyEngine(accountant="rdp")
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    gsm, dp_opt, _ = engine.make_private(
-        module=model,
-        optimizer=opt,
-        data_loader=DataLoader(TensorDataset(torch.arange(4)), batch_size=2),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-    )
-    w = model.items.proj.weight.detach().clone()
-    _noise_only_step(dp_opt, [p for p in gsm.parameters() if p.requires_grad])
-    assert not torch.equal(w, model.items.proj.weight)
-    assert engine.accountant.history == [(1.0, 0.5, 1)]
-    gsm._close()
+    data = _tiny_node(lengths=(30, 25))
+    _, users, _ = _dp_examples(data, _dp(delta=1 / 400))  # at most 40 interactions
+    assert len(users) == 40
+    _, users, _ = _dp_examples(data, _dp(delta=1e-5))
+    assert len(users) == 55
 
 
-def test_noise_for_target_epsilon_is_planned_from_rounds_and_steps() -> None:
-    cfg = PrivacyConfig(enabled=True, target_epsilon=4.0)
-    s1 = plan_noise(cfg, num_examples=100, batch_size=32, local_epochs=1, num_rounds=10, fraction=1.0)
-    s2 = plan_noise(cfg, num_examples=100, batch_size=32, local_epochs=1, num_rounds=40, fraction=1.0)
+def test_noise_is_planned_from_public_settings_only() -> None:
+    cfg = PrivacyConfig(enabled=True, target_epsilon=4.0, sample_rate=0.1)
+    s1 = plan_noise(cfg, num_rounds=10, fraction=1.0)
+    s2 = plan_noise(cfg, num_rounds=40, fraction=1.0)
     assert 0 < s1 < s2
     assert planned_participations(40, 1.0) == 40 and 10 < planned_participations(40, 0.25) < 40
     # the plan holds: those many steps at that noise spend about the target
-    hist = [(s2, 1 / 4, 40 * 4)]
-    assert NodePrivacy(s2, hist).epsilon(1e-3) == pytest.approx(4.0, rel=0.02)
+    assert NodePrivacy(s2, [(s2, 0.1, 40 * 10)]).epsilon(1e-5) == pytest.approx(4.0, rel=0.02)
+
+
+def test_dp_refuses_bert_top_layers_by_name() -> None:
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.top-layers"):
+        parse_run_config({"dp.enabled": True, "model.top-layers": 1})
+    assert parse_run_config({"model.top-layers": 1, "model.item-bias": False}).core.model.top_layers == 1
 
 
 def test_dp_run_config_switches_to_the_personal_user_mode(fed_config: dict) -> None:  # noqa: F811
