@@ -194,6 +194,14 @@ def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
     )
     check_uploads(rc.model, rc.dp.enabled)
     check_dp_model(rc.model, rc.dp.enabled)
+    if (
+        rc.dp.enabled
+        and rc.dp.mode == "distributed"
+        and str(flat.get("fed.secagg", False)).lower() not in ("true", "1")
+    ):
+        raise ConfigError(
+            "dp.mode", "distributed DP sends noise shares that are private only inside SecAgg+: set fed.secagg = true"
+        )
     return rc
 
 

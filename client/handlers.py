@@ -14,7 +14,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from client.config import ClientRunConfig, LocalConfig, NodeSpec, parse_node_config, parse_run_config
 from client.data import NodeData, load_node_data
 from client.legacy import fit_reply, is_legacy, legacy_inputs
-from client.privacy import Ledger, NodePrivacy, check_budget, check_run, plan_noise
+from client.privacy import Ledger, NodePrivacy, PrivacyRefused, check_budget, check_run, plan_noise
 from client.replies import check_eval_allowed, eval_metrics, reply_mode, train_metrics
 from client.state import (
     load_global,
@@ -27,7 +27,7 @@ from client.state import (
     store_privacy,
     upload_arrays,
 )
-from client.train import LocalResult, build_model, evaluate_node, shared_names, train_dp, train_plain
+from client.train import LocalResult, build_model, dp_share, evaluate_node, shared_names, train_dp, train_plain
 from shared.model import Recommender
 from shared.params import num_bytes
 
@@ -78,6 +78,24 @@ def _train_private(
     return res
 
 
+def _share_private(
+    rc: ClientRunConfig, spec: NodeSpec, context: Context, model: Recommender, data: NodeData, local: LocalConfig
+) -> dict[str, np.ndarray]:
+    """One round of distributed DP-SGD (a noise share for the secure sum), after the device's own checks."""
+    privacy = load_privacy(context.state) or NodePrivacy(
+        noise_multiplier=plan_noise(rc.dp, num_rounds=rc.num_rounds, fraction=rc.fraction_train)
+    )
+    check_run(spec.floor, rc.dp, privacy.noise_multiplier)
+    ledger = Ledger(spec.ledger_path(rc))
+    check_budget(rc.dp, privacy, floor=spec.floor, ledger=ledger.others(rc.run_name))
+    share = dp_share(
+        model, data, privacy, tcfg=rc.core.train, pcfg=rc.dp, personal_lr=local.lr * local.personal_lr_scale
+    )
+    ledger.record(rc.run_name, privacy.history)
+    store_privacy(context.state, privacy)
+    return share
+
+
 def train(msg: Message, context: Context) -> Message:
     """Train on this node's interactions; reply with the shared parameters (and :mod:`client.replies`)."""
     rc, spec, data, state_path, model = _setup(context)
@@ -96,6 +114,15 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"lr-scale from the server must be in (0, 1], got {lr_scale}")
     local = dataclasses.replace(rc.local, lr=rc.local.lr * lr_scale)
     restore_personal(context.state, model)
+    if rc.dp.enabled and rc.dp.mode == "distributed":
+        if not legacy:  # a share is far too little noise on its own: only the secure sum is a DP release
+            raise PrivacyRefused("dp.mode = distributed sends noise shares, which need secure aggregation (fed.secagg)")
+        share = _share_private(rc, spec, context, model, data, local)
+        store_personal(context.state, model)
+        save_node_state(state_path, context.state)
+        ref = model.shared_state()
+        upload = {n: share[n] if n in share else np.zeros(tuple(ref[n].shape), np.float32) for n in names}
+        return fit_reply(msg, upload, 1, train_metrics("dp", {"unit-weight": 1}))
     if rc.dp.enabled:
         res = _train_private(rc, spec, context, model, data, local, mu)
     else:

@@ -208,6 +208,7 @@ class Ledger:
 
     def record(self, run_name: str, history: list[tuple[float, float, int]]) -> None:
         """Store ``run_name``'s whole history (it only grows) and write the ledger."""
+
         def steps(hist: list[tuple[float, float, int]]) -> dict[tuple[float, float], int]:
             out: dict[tuple[float, float], int] = {}
             for sigma, q, k in hist:

@@ -280,6 +280,66 @@ def train_dp(
     return LocalResult(total / max(seen, 1), len(users), nsteps, eps, pcfg.delta, privacy.noise_multiplier)
 
 
+def dp_share(
+    model: Recommender,
+    data: NodeData,
+    privacy: NodePrivacy,
+    *,
+    tcfg: TrainConfig,
+    pcfg: PrivacyConfig,
+    personal_lr: float,
+    test_seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """One round of distributed DP-SGD on a device: its share of one central step (``dp.mode = distributed``).
+
+    The device Poisson-samples its interactions at ``dp.sample-rate``, sums their per-sample clipped
+    gradients and adds N(0, (σ·C)² / ``dp.min-shares``) to the shared coordinates. The secure sum of at
+    least ``dp.min-shares`` such shares (SecAgg+) carries the whole noise N(0, (σ·C)²) or more: exactly one
+    central DP-SGD step over the union of the cohort's batches. The personal vector's coordinates get no
+    other device's share, so the device adds the whole noise to them itself and takes their step here.
+    Returns the shared parameters' noisy gradient sums (never valid alone: only inside the secure sum).
+    """
+    if model.cfg.user_mode != "personal":
+        raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
+    gen, rng = dp_generators(test_seed)
+    seqs, users, steps = _dp_examples(data, pcfg)
+    scale_trained = model.scale.requires_grad
+    model.scale.requires_grad_(False)
+    groups = _groups(model, pcfg)
+    std = privacy.noise_multiplier * pcfg.total_clip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    gsm.train()
+    names = {id(p): n for n, p in model.named_parameters()}
+    try:
+        pick = np.flatnonzero(torch.rand(len(users), generator=gen).numpy() < pcfg.sample_rate)
+        model.zero_grad(set_to_none=True)
+        if len(pick):
+            _per_sample_grads(gsm, seqs, users[pick], steps[pick], tcfg=tcfg, num_items=data.num_items, rng=rng)
+        else:
+            _empty_grad_samples([p for ps in groups.values() for p in ps])
+        _clipped_sum(groups, pcfg.clip_norms())
+        share: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            for ps in groups.values():
+                for p in ps:
+                    assert p.grad is not None
+                    n = names[id(p)]
+                    if n.startswith(PERSONAL_PREFIXES):  # only this device contributes: the whole noise
+                        p.grad.add_(torch.normal(0.0, std, size=p.shape, generator=gen))
+                        p.sub_(personal_lr * p.grad / pcfg.expected_batch)
+                    else:
+                        noise = torch.normal(0.0, std / float(np.sqrt(pcfg.min_shares)), size=p.shape, generator=gen)
+                        share[n] = (p.grad + noise).numpy().astype(np.float32)
+                    p.grad_sample = None  # type: ignore[attr-defined]
+    finally:
+        gsm._close()
+        model.scale.requires_grad_(scale_trained)
+    privacy.history = _compact([*privacy.history, (privacy.noise_multiplier, pcfg.sample_rate, 1)])
+    return share
+
+
 def _compact(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
     """Merge consecutive accountant entries with the same (σ, q) (RDP composes linearly in steps)."""
     out: list[tuple[float, float, int]] = []

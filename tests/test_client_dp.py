@@ -190,3 +190,33 @@ def test_dp_run_config_switches_to_the_personal_user_mode(fed_config: dict) -> N
     data = load_node_data(parse_node_config({"partition-id": 0, "num-partitions": 4}), rc.core)
     assert build_model(rc.model, data).cfg.user_mode == "personal"
     assert replace(rc.core.model, user_mode="personal") == rc.model
+
+
+def test_distributed_shares_carry_their_part_of_the_noise() -> None:
+    from client.train import dp_share
+
+    data = _tiny_node(lengths=(12,))
+    model = Recommender(MCFG, data.cache, 1)
+    pcfg = _dp(mode="distributed", sample_rate=1e-9, min_shares=4, max_grad_norm=1.0)  # no sample: noise only
+    p0 = model.user.personal.weight.detach().clone()
+    share = dp_share(model, data, NodePrivacy(2.0), tcfg=TCFG, pcfg=pcfg, personal_lr=1.0, test_seed=5)
+    assert "user.personal.weight" not in share  # personal coordinates never leave the device
+    noise = np.concatenate([v.ravel() for v in share.values()])
+    assert noise.std() == pytest.approx(2.0 / np.sqrt(4), rel=0.1)  # σ·C / sqrt(min-shares)
+    step = (model.user.personal.weight.detach() - p0).numpy().ravel() * pcfg.expected_batch
+    assert step.std() == pytest.approx(2.0, rel=0.3)  # the whole noise on the device's own coordinates
+    # with every sample and (almost) no noise a share is the clipped gradient sum: at most n·C
+    clean = dp_share(
+        model, data, NodePrivacy(1e-9), tcfg=TCFG, pcfg=_dp(mode="distributed", sample_rate=1.0), personal_lr=0.0
+    )
+    norm = float(np.sqrt(sum(float((v**2).sum()) for v in clean.values())))
+    assert 0 < norm <= 12 * 1.0 + 1e-4
+
+
+def test_distributed_dp_needs_secure_aggregation() -> None:
+    from shared.errors import ConfigError
+
+    base = {"dp.enabled": True, "dp.mode": "distributed", "model.item-bias": False}
+    with pytest.raises(ConfigError, match="dp.mode"):
+        parse_run_config(base)
+    assert parse_run_config({**base, "fed.secagg": True}).dp.mode == "distributed"
