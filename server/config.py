@@ -11,6 +11,16 @@ from typing import Any
 from shared.config import Config, ModelConfig, _check, check_uploads, config_from_flat, from_flat, runs_root
 from shared.errors import ConfigError
 
+#: Why ``fed.user-dp = adaptive`` is refused: Flower 1.42's ``DifferentialPrivacyServerSideAdaptiveClipping``
+#: (flwr/serverapp/strategy/dp_adaptive_clipping.py) cannot be given a correct ε.
+ADAPTIVE_REFUSED = (
+    "adaptive clipping cannot be accounted: Flower updates the clipping norm from this round's noisy "
+    "clipped count before it adds the noise, so the noise is scaled to the new norm while the updates were "
+    "clipped at the old one (a data-dependent noise multiplier with no lower bound); and its split of the "
+    "noise between the update and the count assumes sensitivity 1/2 on the count, while it sums 0/1 bits "
+    "(sensitivity 1). Use fed.user-dp = fixed"
+)
+
 
 @dataclass
 class FedConfig:
@@ -19,6 +29,7 @@ class FedConfig:
     #: ``fedavg`` | ``fedavgm`` (FedAvg with server momentum) | ``fedadam`` | ``fedprox``
     strategy: str = "fedavg"
     fraction_train: float = 1.0
+    #: ignored by a private run (:attr:`ServerRunConfig.private`), which sends no federated evaluation
     fraction_evaluate: float = 1.0
     #: federated evaluation every this many rounds (and always at the last round)
     eval_every: int = 1
@@ -43,7 +54,9 @@ class FedConfig:
     proximal_mu: float = 0.01
     #: an update whose L2 distance to the global model exceeds this is dropped (0: no bound)
     max_update_norm: float = 50.0
-    #: ``off`` | ``fixed`` | ``adaptive``: user-level DP by server-side clipping (Flower's wrappers)
+    #: ``off`` | ``fixed``: user-level DP by server-side fixed clipping and Gaussian noise (Flower's
+    #: wrapper), accounted per node without sampling amplification (:func:`server.loop.user_dp_epsilon`).
+    #: ``adaptive`` is refused (see :data:`ADAPTIVE_REFUSED`)
     user_dp: str = "off"
     user_dp_noise: float = 1.0
     user_dp_clip: float = 1.0
@@ -52,6 +65,8 @@ class FedConfig:
     secagg: bool = False
     secagg_shares: int = 3
     secagg_threshold: int = 2
+    #: each node clips every uploaded parameter (values, not updates) to [-range, range] before
+    #: quantising to 2**22 levels: the secure mean is off by under 2 * range / 2**22 per parameter
     secagg_clip_range: float = 8.0
     #: central evaluation of the global model on the whole dataset (simulation only)
     central_eval: bool = True
@@ -86,6 +101,7 @@ class FedConfig:
         _check(self.user_dp_noise >= 0, "fed.user-dp-noise", f"must be >= 0, got {self.user_dp_noise}")
         _check(self.user_dp_clip > 0, "fed.user-dp-clip", f"must be > 0, got {self.user_dp_clip}")
         _check(0 < self.user_dp_delta < 1, "fed.user-dp-delta", f"must be in (0, 1), got {self.user_dp_delta}")
+        _check(self.user_dp != "adaptive", "fed.user-dp", ADAPTIVE_REFUSED)
         if self.user_dp != "off":
             # the wrappers add noise after the inner strategy's step: a server optimiser's state would
             # carry the un-noised clipped mean into later rounds
@@ -114,6 +130,16 @@ class ServerRunConfig:
     dp_enabled: bool = False
     dp_delta: float = 1e-3
     local_lr: float = 3e-3
+
+    @property
+    def private(self) -> bool:
+        """Whether any privacy layer is on (record-level DP, user-level DP or SecAgg+).
+
+        A private run weights updates uniformly (a node's example count is its private data), sends no
+        federated evaluation (per-node hit counts would travel in the clear) and selects its best round
+        on the experimenter's central validation figures.
+        """
+        return self.dp_enabled or self.fed.user_dp != "off" or self.fed.secagg
 
     @property
     def model(self) -> ModelConfig:

@@ -15,12 +15,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.logger import log as flog
 from flwr.serverapp import Grid
-from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from server.config import ServerRunConfig
 from server.evaluation import central_p1
-from server.runlog import append_log, best_round, plot, progress_line, read_log, rewrite_log, summary_table
-from server.strategy import GuardedStrategy, build_strategy
+from server.runlog import EXPERIMENTER, append_log, progress_line, read_log, rewrite_log, write_summary
+from server.strategy import build_strategy
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import to_flat
 from shared.errors import CheckpointError, ConfigError
@@ -41,13 +41,41 @@ def from_record(record: ArrayRecord, reference: dict[str, torch.Tensor]) -> dict
     return {k: torch.as_tensor(v.numpy().astype(np.float32)).reshape(reference[k].shape) for k, v in record.items()}
 
 
-def user_dp_epsilon(noise: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """ε of user-level DP after ``rounds`` releases at client sampling rate ``sample_rate`` (RDP)."""
-    if noise <= 0 or rounds == 0:
-        return float("inf") if rounds else 0.0
-    acc = RDPAccountant()
-    acc.history = [(noise, sample_rate, rounds)]
-    return float(acc.get_epsilon(delta))
+#: RDP orders for the user-level accountant (Opacus' defaults, extended up for large noise multipliers)
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 96, 128, 256, 512, 1024]
+
+
+def user_dp_epsilon(*, noise_multiplier: float, participations: int, delta: float) -> float:
+    """User-level ε after a node took part in ``participations`` rounds of server-side fixed clipping.
+
+    The privacy unit is one node (one user's device); neighbouring runs differ by zero-out: one node's
+    clipped update replaced by zero. Flower's ``DifferentialPrivacyServerSideFixedClipping`` clips each
+    update to norm C (``fed.user-dp-clip``), averages the m sampled updates with equal weights and adds
+    Gaussian noise of std ``noise_multiplier * C / m`` to the mean
+    (``flwr/serverapp/strategy/dp_fixed_clipping.py``, ``compute_stdv`` in
+    ``flwr/supercore/differential_privacy.py``): std ``noise_multiplier * C`` on the sum, whose
+    sensitivity is C. Flower samples a fixed-size cohort without replacement (``random.sample`` in
+    ``flwr/serverapp/strategy/strategy_utils.py``), so no amplification by Poisson subsampling is
+    claimed: each round the node is in is a Gaussian mechanism (q = 1) and a round without it releases
+    nothing that depends on its data. The ε is the RDP composition over its rounds (Opacus), converted
+    at ``delta``; the run's user-level ε is this at the largest participation count of any node.
+
+    Raises
+    ------
+    ValueError
+        A negative participation count or a δ outside (0, 1).
+    """
+    if participations < 0:
+        raise ValueError(f"participations must be >= 0, got {participations}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if participations == 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    rdp = compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=participations, orders=RDP_ORDERS)
+    eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -76,32 +104,39 @@ def initial_model(rc: ServerRunConfig, prep: Prepared) -> Recommender:
     return model
 
 
-def _resume(rc: ServerRunConfig, model: Recommender, ckpt_dir: Path) -> int:
-    """Load the last checkpoint of this run name; returns the round it finished (0: fresh start)."""
+def _resume(rc: ServerRunConfig, model: Recommender, ckpt_dir: Path) -> tuple[int, dict[str, Any]]:
+    """Load the last checkpoint of this run name; returns the round it finished (0: fresh start) and its meta."""
     if not (rc.fed.resume and (ckpt_dir / "fedxrec.json").exists()):
-        return 0
+        return 0, {}
     try:
         ck = load_checkpoint(ckpt_dir)
     except CheckpointError as e:
         flog(WARNING, "cannot resume from %s (%s); starting fresh", ckpt_dir, e)
-        return 0
+        return 0, {}
     if dataclasses.asdict(ck.config) != dataclasses.asdict(model.cfg):
         raise ConfigError(
             "fed.run-name", f"checkpoint {ckpt_dir} was made with another model config; use a new run name"
         )
     model.load_partial({k: v.float() for k, v in ck.shared.items()})
-    return int(ck.meta.get("round", 0))
+    return int(ck.meta.get("round", 0)), dict(ck.meta)
 
 
 def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None) -> list[dict[str, Any]]:
-    """Run the configured rounds; returns the per-round records (also in ``<runs>/<name>/rounds.jsonl``)."""
+    """Run the configured rounds; returns the per-round records (also in ``<runs>/<name>/rounds.jsonl``).
+
+    A private run (:attr:`ServerRunConfig.private`) sends no federated evaluation: its validation and test
+    figures are the experimenter's central evaluation on the whole dataset (rows labelled ``"eval":
+    "experimenter"``), outside the protocol, and so is the choice of its best round.
+    """
     torch.set_num_threads(1)
     out = rc.fed.runs_dir()
     out.mkdir(parents=True, exist_ok=True)
     prep = prep or prepare(rc.core, progress=False)
     model = initial_model(rc, prep)
     ckpt_dir = out / "checkpoint"
-    start = _resume(rc, model, ckpt_dir)
+    start, meta = _resume(rc, model, ckpt_dir)
+    # node ids need not survive a restart, so rounds before it add to every node's count (an upper bound)
+    prior_participation = int(meta.get("user-dp-max-participation", 0))
     log_path = out / "rounds.jsonl"
     rows = read_log(log_path, upto_round=start) if start else []
     rewrite_log(log_path, rows)
@@ -114,8 +149,8 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         flog(INFO, "resuming run %s after round %d from %s", rc.fed.run_name, start, ckpt_dir)
 
     nodes = wait_for_nodes(grid, rc.fed.min_nodes, rc.fed.timeout)
-    strategy = build_strategy(rc.fed, num_nodes_hint=len(nodes), local_lr=rc.local_lr)
-    assert isinstance(strategy, GuardedStrategy)
+    strategy = build_strategy(rc.fed, record_dp=rc.dp_enabled, num_nodes_hint=len(nodes), local_lr=rc.local_lr)
+    fed_eval = rc.fed.fraction_evaluate > 0 and not rc.private  # nodes refuse evaluation under DP
     arrays = to_record(model.shared_state())
     item_ids = prep.dataset.catalogue.ids
     flog(
@@ -145,14 +180,18 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             "failed": len(rep.errors),
             "dropped": len(rep.dropped),
         }
+        if rep.skipped:
+            row["skipped"] = rep.skipped
         if rep.errors:
             row["errors"] = [e.reason[:300] for e in rep.errors[:3]]
+        participation = prior_participation + strategy.max_participation
         if rc.fed.user_dp != "off":
+            row["user-dp-max-participation"] = participation
             row["user-dp-epsilon"] = user_dp_epsilon(
-                rc.fed.user_dp_noise, rc.fed.fraction_train, rnd, rc.fed.user_dp_delta
+                noise_multiplier=rc.fed.user_dp_noise, participations=participation, delta=rc.fed.user_dp_delta
             )
         eval_round = rnd % rc.fed.eval_every == 0 or rnd == rc.num_rounds
-        if rc.fed.fraction_evaluate > 0 and eval_round:
+        if fed_eval and eval_round:
             ereplies = grid.send_and_receive(
                 strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid), timeout=rc.fed.timeout
             )
@@ -161,16 +200,16 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         model.load_partial(from_record(arrays, model.shared_state()))
         if rc.fed.central_eval and eval_round:
             row["central"] = {**central_p1(model, prep.split, "val"), **central_p1(model, prep.split, "test")}
+            if rc.private:
+                row["eval"] = EXPERIMENTER
         row["seconds"] = time.time() - t0
-        save_checkpoint(
-            model, item_ids, ckpt_dir, meta={"round": rnd, "run-name": rc.fed.run_name, "settings": settings}
-        )
+        ck_meta = {"round": rnd, "run-name": rc.fed.run_name, "settings": settings}
+        if rc.fed.user_dp != "off":
+            ck_meta["user-dp-max-participation"] = participation
+        save_checkpoint(model, item_ids, ckpt_dir, meta=ck_meta)
         rows.append(row)
         append_log(log_path, row)
         flog(INFO, "%s", progress_line(row, rc.num_rounds))
-    plot(rows, out / "rounds.png", rc.fed.run_name)
-    best = best_round(rows)
-    (out / "summary.json").write_text(json.dumps({"best": best, "last": rows[-1] if rows else None}, indent=2))
-    for line in summary_table(rows).splitlines():
+    for line in write_summary(rows, out, rc.fed.run_name, source="central" if rc.private else "fed").splitlines():
         flog(INFO, "%s", line)
     return rows

@@ -1,14 +1,20 @@
 """Strategy construction and update hygiene.
 
-:class:`GuardedStrategy` sits outside the aggregation strategy (and outside Flower's DP wrappers):
+:class:`GuardedStrategy` sits outside the aggregation strategy (and outside Flower's DP wrapper):
 it drops replies whose arrays have unknown or missing names, wrong shapes, NaN/Inf, or an update norm
-above the bound, casts float16 uploads to float32 before averaging, and keeps the previous global
-model when an aggregate is not finite.
+above the bound, and replies from nodes outside the round's cohort; casts float16 uploads to float32
+before averaging; and keeps the previous global model when an aggregate is not finite. It records the
+nodes of each round's cohort (user-level DP is accounted per node, :func:`server.loop.user_dp_epsilon`)
+and, under user-level DP, skips a round with fewer clean replies than the noise is calibrated for.
+
+A node's example count is private data: a private run (record-level DP, user-level DP or SecAgg+)
+averages with the constant ``unit-weight`` (every reply carries 1) instead of ``num-examples``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,7 +22,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
@@ -25,11 +30,13 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from server.config import FedConfig
+from server.config import ADAPTIVE_REFUSED, FedConfig
+from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ARRAYS = "arrays"
+NUM_EXAMPLES, UNIT_WEIGHT = "num-examples", "unit-weight"
 
 
 def sum_eval_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -51,39 +58,79 @@ def sum_eval_metrics(records: list[RecordDict], weighting_key: str) -> MetricRec
 
 
 def train_stats(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Round statistics of training replies: mean loss, ε max/mean, upload bytes."""
+    """Round statistics of training replies: the reply count, and whatever the replies carry of loss, ε, bytes.
+
+    Under DP the replies carry only ``unit-weight``: then the record holds ``nodes`` alone (no loss or
+    ε is made up). The loss is weighted by ``num-examples`` when every reply sends it, else a plain mean.
+    """
     vals: dict[str, list[float]] = {}
     for rec in records:
         for mr in rec.metric_records.values():
             for k, v in mr.items():
                 if isinstance(v, (int, float)):
                     vals.setdefault(k, []).append(float(v))
-    n = np.asarray(vals.get("num-examples", [1.0]))
-    loss = np.asarray(vals.get("train-loss", [0.0]))
-    eps = np.asarray(vals.get("epsilon", [0.0]))
-    up = np.asarray(vals.get("upload-bytes", [0.0]))
-    return MetricRecord(
-        {
-            "nodes": float(len(records)),
-            "train-loss": float((loss * n).sum() / max(n.sum(), 1.0)) if len(loss) == len(n) else float(loss.mean()),
-            "epsilon-max": float(eps.max()) if len(eps) else 0.0,
-            "epsilon-mean": float(eps.mean()) if len(eps) else 0.0,
-            "delta-max": float(max(vals.get("delta", [0.0]))),
-            "noise-multiplier-mean": float(np.mean(vals.get("noise-multiplier", [0.0]))),
-            "upload-bytes-total": float(up.sum()),
-            "upload-bytes-per-client": float(up.mean()) if len(up) else 0.0,
-        }
-    )
+    out: dict[str, float] = {"nodes": float(len(records))}
+    loss, n = vals.get("train-loss", []), vals.get(NUM_EXAMPLES, [])
+    if loss:
+        weighted = len(n) == len(loss) and sum(n) > 0
+        out["train-loss"] = float(np.dot(loss, n) / sum(n)) if weighted else float(np.mean(loss))
+    if eps := vals.get("epsilon"):
+        out["epsilon-max"], out["epsilon-mean"] = float(max(eps)), float(np.mean(eps))
+    if delta := vals.get("delta"):
+        out["delta-max"] = float(max(delta))
+    if noise := vals.get("noise-multiplier"):
+        out["noise-multiplier-mean"] = float(np.mean(noise))
+    if up := vals.get("upload-bytes"):
+        out["upload-bytes-total"], out["upload-bytes-per-client"] = float(sum(up)), float(np.mean(up))
+    return MetricRecord(out)  # type: ignore[arg-type]
 
 
-def build_strategy(cfg: FedConfig, *, num_nodes_hint: int | None = None, local_lr: float = 3e-3) -> Strategy:
-    """The aggregation strategy, optionally wrapped for user-level DP."""
-    weight_key = "unit-weight" if cfg.user_dp != "off" else "num-examples"
+def cohort_size(num_nodes: int, *, fraction: float, min_nodes: int) -> int:
+    """How many nodes Flower's ``FedAvg.configure_train`` samples from ``num_nodes`` connected ones.
+
+    ``max(int(num_nodes * fraction), min_nodes)``, drawn without replacement (``random.sample`` in
+    ``flwr/serverapp/strategy/strategy_utils.py:sample_nodes``); the count is taken at each round.
+    """
+    return max(int(num_nodes * fraction), min_nodes)
+
+
+def build_strategy(
+    cfg: FedConfig, *, record_dp: bool, num_nodes_hint: int | None = None, local_lr: float = 3e-3
+) -> GuardedStrategy:
+    """The aggregation strategy inside the update guard, wrapped for user-level DP (``fed.user-dp = fixed``).
+
+    Parameters
+    ----------
+    cfg : FedConfig
+        The federation settings.
+    record_dp : bool
+        Whether the nodes train under record-level DP (``dp.enabled``). With it, with user-level DP or
+        with SecAgg+ the updates are averaged with the constant ``unit-weight`` (a node's example count
+        is private data) and no federated evaluation is configured.
+    num_nodes_hint : int or None
+        Nodes connected now: the DP wrapper's noise is calibrated for the cohort Flower samples from
+        that many (:func:`cohort_size`), and re-calibrated each round to the cohort actually sampled.
+    local_lr : float
+        FedAdam's ``eta_l``.
+
+    Returns
+    -------
+    GuardedStrategy
+        The guard around the (possibly DP-wrapped) strategy.
+
+    Raises
+    ------
+    ConfigError
+        ``fed.user-dp = adaptive``, which cannot be accounted (:data:`server.config.ADAPTIVE_REFUSED`).
+    """
+    private = record_dp or cfg.user_dp != "off" or cfg.secagg
+    weight_key = UNIT_WEIGHT if private else NUM_EXAMPLES
+    fraction_evaluate = 0.0 if private else cfg.fraction_evaluate
     common = {
         "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": cfg.fraction_evaluate,
+        "fraction_evaluate": fraction_evaluate,
         "min_train_nodes": cfg.min_nodes,
-        "min_evaluate_nodes": cfg.min_nodes if cfg.fraction_evaluate > 0 else 0,
+        "min_evaluate_nodes": cfg.min_nodes if fraction_evaluate > 0 else 0,
         "min_available_nodes": cfg.min_nodes,
         "weighted_by_key": weight_key,
         "train_metrics_aggr_fn": train_stats,
@@ -98,15 +145,12 @@ def build_strategy(cfg: FedConfig, *, num_nodes_hint: int | None = None, local_l
         inner = FedProx(**common, proximal_mu=cfg.proximal_mu)  # type: ignore[arg-type]
     else:
         inner = FedAvg(**common)  # type: ignore[arg-type]
-    if cfg.user_dp != "off":
-        sampled = max(cfg.min_nodes, int((num_nodes_hint or cfg.min_nodes) * cfg.fraction_train))
-        if cfg.user_dp == "fixed":
-            inner = DifferentialPrivacyServerSideFixedClipping(inner, cfg.user_dp_noise, cfg.user_dp_clip, sampled)
-        else:
-            inner = DifferentialPrivacyServerSideAdaptiveClipping(
-                inner, cfg.user_dp_noise, sampled, initial_clipping_norm=cfg.user_dp_clip
-            )
-    return GuardedStrategy(inner, max_update_norm=cfg.max_update_norm)
+    if cfg.user_dp == "fixed":
+        sampled = cohort_size(num_nodes_hint or cfg.min_nodes, fraction=cfg.fraction_train, min_nodes=cfg.min_nodes)
+        inner = DifferentialPrivacyServerSideFixedClipping(inner, cfg.user_dp_noise, cfg.user_dp_clip, sampled)
+    elif cfg.user_dp != "off":
+        raise ConfigError("fed.user-dp", ADAPTIVE_REFUSED)
+    return GuardedStrategy(inner, max_update_norm=cfg.max_update_norm, weight_key=weight_key)
 
 
 @dataclass
@@ -123,6 +167,10 @@ class RoundReport:
     errors: list[Dropped] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     kept_previous: bool = False
+    #: nodes sampled this round
+    cohort: int = 0
+    #: why the round was skipped without aggregating ('' when it was not)
+    skipped: str = ""
 
 
 def check_update(
@@ -152,16 +200,47 @@ def check_update(
 
 
 class GuardedStrategy(Strategy):
-    """Update hygiene around any strategy (see the module docstring)."""
+    """Update hygiene around any strategy, cohort bookkeeping, and the under-noised-round skip.
 
-    def __init__(self, strategy: Strategy, *, max_update_norm: float) -> None:
+    Parameters
+    ----------
+    strategy : Strategy
+        The aggregation strategy, possibly inside Flower's ``DifferentialPrivacyServerSideFixedClipping``.
+    max_update_norm : float
+        Updates farther than this from the global model are dropped (0: no bound). Not applied under
+        user-level DP: the wrapper clips every update to ``fed.user-dp-clip``, and a drop decided by one
+        update's norm would make the round's skip depend on that user's data.
+    weight_key : str
+        The metric the inner strategy averages with; ``unit-weight`` replies must carry exactly 1.
+    """
+
+    def __init__(self, strategy: Strategy, *, max_update_norm: float, weight_key: str = NUM_EXAMPLES) -> None:
         self.strategy = strategy
-        self.max_update_norm = max_update_norm
+        self.dp = strategy if isinstance(strategy, DifferentialPrivacyServerSideFixedClipping) else None
+        self.max_update_norm = 0.0 if self.dp is not None else max_update_norm
+        if self.dp is not None and max_update_norm > 0:
+            log.info(
+                "user-level DP: updates are clipped to %g; fed.max-update-norm is not applied", self.dp.clipping_norm
+            )
+        self.weight_key = weight_key
         self.current: dict[str, np.ndarray] = {}
+        self.cohort: set[int] = set()
+        #: node id -> rounds whose cohort held it (user-level DP accounting, :func:`server.loop.user_dp_epsilon`)
+        self.participation: Counter[int] = Counter()
         self.report = RoundReport()
 
     def __getattr__(self, name: str) -> object:  # weighted_by_key, fraction_train, ...
         return getattr(self.strategy, name)
+
+    @property
+    def base(self) -> Strategy:
+        """The aggregation strategy itself (inside the DP wrapper, if any)."""
+        return self.dp.strategy if self.dp is not None else self.strategy
+
+    @property
+    def max_participation(self) -> int:
+        """The most rounds any one node has been sampled for (since this strategy was built)."""
+        return max(self.participation.values(), default=0)
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -170,13 +249,36 @@ class GuardedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = {k: v.numpy().astype(np.float32) for k, v in arrays.items()}  # 0-d travel as (1,)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.cohort = {int(m.metadata.dst_node_id) for m in msgs}
+        self.participation.update(self.cohort)
+        if self.dp is not None and msgs and len(msgs) != self.dp.num_sampled_clients:
+            # the noise on the mean is z * C / m: m must be the cohort Flower sampled this round
+            log.warning(
+                "round %d: %d nodes sampled, noise was calibrated for %d; re-calibrating",
+                server_round,
+                len(msgs),
+                self.dp.num_sampled_clients,
+            )
+            self.dp.num_sampled_clients = len(msgs)
+        return msgs
+
+    def _weight_error(self, msg: Message) -> str:
+        """Why a reply's weight is refused under uniform weighting ('' when it is exactly 1)."""
+        if self.weight_key != UNIT_WEIGHT:
+            return ""
+        mrs = list(msg.content.metric_records.values())
+        w = mrs[0].get(UNIT_WEIGHT) if len(mrs) == 1 else None
+        if isinstance(w, bool) or w != 1:
+            return f"uniform weighting needs one metric record with {UNIT_WEIGHT} = 1, got {w!r}"
+        return ""
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.report = rep = RoundReport()
+        self.report = rep = RoundReport(cohort=len(self.cohort))
         kept: list[Message] = []
+        seen: set[int] = set()
         for msg in replies:
             rep.replies += 1
             nid = int(msg.metadata.src_node_id)
@@ -184,19 +286,38 @@ class GuardedStrategy(Strategy):
                 rep.errors.append(Dropped(nid, str(msg.error.reason)))
                 log.warning("round %d: node %d failed: %s", server_round, nid, msg.error.reason)
                 continue
+            why = ""
+            if nid not in self.cohort or nid in seen:
+                why = "a second reply" if nid in seen else "not in this round's cohort"
+            seen.add(nid)
             recs = msg.content.array_records
-            if ARRAYS not in recs:
-                rep.dropped.append(Dropped(nid, "no arrays in reply"))
-                continue
-            clean, why = check_update(
-                {k: v.numpy() for k, v in recs[ARRAYS].items()}, self.current, self.max_update_norm
-            )
+            if not why and ARRAYS not in recs:
+                why = "no arrays in reply"
+            why = why or self._weight_error(msg)
+            clean = None
+            if not why:
+                clean, why = check_update(
+                    {k: v.numpy() for k, v in recs[ARRAYS].items()}, self.current, self.max_update_norm
+                )
             if clean is None:
                 rep.dropped.append(Dropped(nid, why))
                 log.warning("round %d: dropped the update of node %d: %s", server_round, nid, why)
                 continue
             msg.content[ARRAYS] = ArrayRecord(array_dict={k: Array(np.atleast_1d(v)) for k, v in clean.items()})
+            if self.dp is not None:
+                # only what the noise covers reaches the aggregate and the log
+                for key in list(msg.content.metric_records):
+                    del msg.content[key]
+                msg.content["metrics"] = MetricRecord({UNIT_WEIGHT: 1})
             kept.append(msg)
+        if self.dp is not None and len(kept) < self.dp.num_sampled_clients:
+            # the wrapper would average m' < m updates under noise calibrated for m
+            rep.skipped = f"{len(kept)} clean replies, the noise is calibrated for {self.dp.num_sampled_clients}"
+            rep.kept_previous = True
+            log.warning(
+                "round %d: skipped (user-level DP): %s; keeping the previous global model", server_round, rep.skipped
+            )
+            return None, None
         if not kept:
             rep.kept_previous = True
             return None, None
