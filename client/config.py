@@ -7,7 +7,6 @@ namespaces are a :class:`~shared.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from shared.config import (
     runs_root,
 )
 from shared.errors import ConfigError
+from shared.privacy import PrivacyConfig
 
 
 @dataclass
@@ -54,70 +54,6 @@ class LocalConfig:
             "local.upload-dtype",
             f"float16|float32, got {self.upload_dtype!r}",
         )
-
-
-@dataclass
-class PrivacyConfig:
-    """Record-level DP-SGD on each device (``dp.*``). The privacy unit is one interaction.
-
-    Every value here is public (it comes from the run config), so ε depends on nothing a device holds.
-    """
-
-    enabled: bool = False
-    #: ``local``: each device adds the whole noise to its own steps and uploads its DP model (no trust
-    #: needed); ``distributed``: each device adds its share of one round's noise to its clipped gradient
-    #: sum, and only the secure sum over the cohort (SecAgg+) is a DP release (trust: secure aggregation)
-    mode: str = "local"
-    #: target ε for the whole run; > 0 plans the noise multiplier once from the planned steps,
-    #: 0 uses ``noise_multiplier`` as given
-    target_epsilon: float = 0.0
-    noise_multiplier: float = 1.0
-    #: per-sample gradient clipping norm (of the shared parameters; the personal vector has its own)
-    max_grad_norm: float = 1.0
-    #: per-sample clipping norm of the personal user vector (0: clipped jointly with the shared parameters)
-    personal_grad_norm: float = 0.0
-    #: per-sample clipping norm of the per-item bias (0: clipped jointly with the shared parameters)
-    bias_grad_norm: float = 0.0
-    #: δ; a device trains on at most 1/(10·δ) interactions (its newest), so δ ≤ 1/(10·n)
-    delta: float = 1e-5
-    #: Poisson sampling rate of each step (public: the same for every device, whatever its n)
-    sample_rate: float = 0.05
-    #: DP steps per round (0: one expected pass, round(1 / sample-rate)); ``distributed`` takes one
-    local_steps: int = 0
-    #: normaliser of a step's noisy gradient sum (public; in place of the data-dependent batch size)
-    expected_batch: float = 8.0
-    #: ``distributed``: the fewest replies a round needs; each device's noise share is calibrated so
-    #: that this many shares already add up to the whole noise (slack for dropouts)
-    min_shares: int = 2
-
-    def __post_init__(self) -> None:
-        _check(self.mode in ("local", "distributed"), "dp.mode", f"local|distributed, got {self.mode!r}")
-        _check(self.target_epsilon >= 0, "dp.target-epsilon", f"must be >= 0, got {self.target_epsilon}")
-        _check(self.noise_multiplier >= 0, "dp.noise-multiplier", f"must be >= 0, got {self.noise_multiplier}")
-        _check(self.max_grad_norm > 0, "dp.max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
-        _check(self.personal_grad_norm >= 0, "dp.personal-grad-norm", f"must be >= 0, got {self.personal_grad_norm}")
-        _check(self.bias_grad_norm >= 0, "dp.bias-grad-norm", f"must be >= 0, got {self.bias_grad_norm}")
-        _check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
-        _check(0 < self.sample_rate <= 1, "dp.sample-rate", f"must be in (0, 1], got {self.sample_rate}")
-        _check(self.local_steps >= 0, "dp.local-steps", f"must be >= 0, got {self.local_steps}")
-        _check(self.expected_batch > 0, "dp.expected-batch", f"must be > 0, got {self.expected_batch}")
-        _check(self.min_shares >= 1, "dp.min-shares", f"must be >= 1, got {self.min_shares}")
-        if self.enabled and self.target_epsilon == 0 and self.noise_multiplier == 0:
-            raise ConfigError("dp.noise-multiplier", "must be > 0 when dp.enabled and no dp.target-epsilon")
-
-    def steps_per_round(self) -> int:
-        """DP steps a device takes in one round (public)."""
-        if self.mode == "distributed":
-            return 1
-        return self.local_steps or max(1, round(1.0 / self.sample_rate))
-
-    def clip_norms(self) -> dict[str, float]:
-        """Per-sample clipping norm of each parameter group (``shared``, ``personal``, ``bias``)."""
-        return {"shared": self.max_grad_norm, "personal": self.personal_grad_norm, "bias": self.bias_grad_norm}
-
-    def total_clip(self) -> float:
-        """The L2 sensitivity of one sample's clipped gradient over all groups (the noise scale's unit)."""
-        return math.sqrt(sum(c * c for c in self.clip_norms().values()))
 
 
 @dataclass

@@ -21,18 +21,23 @@ or anything in a message; tests pass an explicit seed.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-from opacus.accountants.analysis import rdp as rdp_analysis
-
-from client.config import DeviceFloor, PrivacyConfig
-from shared.errors import ConfigError, DataError, FedxrecError
+from client.config import DeviceFloor
+from shared.errors import DataError, FedxrecError
 from shared.io import atomic_path
+from shared.privacy import (  # noqa: F401  (re-exported: the device's accounting is the shared one)
+    ORDERS,
+    PrivacyConfig,
+    epsilon_of,
+    max_examples,
+    noise_for_epsilon,
+    plan_noise,
+    planned_participations,
+    round_entry,
+)
 
 
 class PrivacyBudgetExhausted(FedxrecError):
@@ -66,56 +71,6 @@ class NodePrivacy:
     def epsilon(self, delta: float) -> float:
         """Cumulative ε at ``delta`` over every step of this history (0 before any step)."""
         return epsilon_of(self.history, delta)
-
-
-def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` of an RDP accountant history (subsampled Gaussian, composed over every entry)."""
-    if not history:
-        return 0.0
-    rdp = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in history)
-    eps, _ = rdp_analysis.get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
-    return float(eps)
-
-
-#: RDP orders. Every order gives a valid bound; Opacus' default list adds 99 fractional orders whose
-#: evaluation costs ~0.7 s per (noise, rate) pair, too slow for a node's every round. This list
-#: (3 fractional, then integers) is a little looser at large ε and never optimistic.
-ORDERS = [1.25, 1.5, 1.75, *range(2, 65), 80, 96, 128, 256]
-
-
-@lru_cache(maxsize=256)
-def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
-    return np.asarray(
-        rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=ORDERS)
-    )
-
-
-def max_examples(delta: float) -> int:
-    """The most interactions a device trains on at ``delta`` (δ ≤ 1/(10·n)); it keeps its newest ones."""
-    return int(1.0 / (10.0 * delta))
-
-
-def planned_participations(num_rounds: int, fraction: float) -> int:
-    """Rounds a node is planned to train in: the expectation plus two binomial standard deviations.
-
-    With every node in every round this is exactly ``num_rounds``. A node sampled more often stops
-    when its budget is spent (:func:`check_budget`).
-    """
-    mean = num_rounds * fraction
-    return min(num_rounds, math.ceil(mean + 2.0 * math.sqrt(mean * (1.0 - fraction))))
-
-
-def round_entry(cfg: PrivacyConfig, noise_multiplier: float) -> tuple[float, float, int]:
-    """The accountant entry of one round: (σ, q, steps), all public."""
-    return (noise_multiplier, cfg.sample_rate, cfg.steps_per_round())
-
-
-def plan_noise(cfg: PrivacyConfig, *, num_rounds: int, fraction: float) -> float:
-    """The run's noise multiplier, from public settings only: fixed, or planned for ``dp.target-epsilon``."""
-    if cfg.target_epsilon <= 0:
-        return cfg.noise_multiplier
-    steps = planned_participations(num_rounds, fraction) * cfg.steps_per_round()
-    return noise_for_epsilon(cfg.target_epsilon, cfg.delta, cfg.sample_rate, steps)
 
 
 def check_run(floor: DeviceFloor, cfg: PrivacyConfig, noise_multiplier: float | None) -> None:
@@ -166,24 +121,6 @@ def check_budget(
                 f"device budget exhausted: another round would take this device's ε over all runs to {total:.2f} "
                 f"> its dp-max-epsilon {floor.max_epsilon:g}"
             )
-
-
-@lru_cache(maxsize=1024)
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest noise multiplier (to 0.5%) whose ε after ``steps`` steps is at most the target."""
-
-    def eps(sigma: float) -> float:
-        return epsilon_of([(sigma, sample_rate, steps)], delta)
-
-    lo, hi = 0.05, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, 2 * hi
-        if hi > 1e4:
-            raise ConfigError("dp.target-epsilon", f"cannot reach ε={target_epsilon} with δ={delta}")
-    while hi - lo > 0.005 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
-    return hi
 
 
 class Ledger:
