@@ -107,8 +107,7 @@ class ClientRunConfig:
         Under record-level DP the user side is the personal vector only: a sample's loss must depend
         on that interaction alone (DESIGN decision 4a).
         """
-        m = self.core.model
-        return replace(m, user_mode="personal") if self.dp.enabled else m
+        return self.dp.dp_model(self.core.model)
 
 
 def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:

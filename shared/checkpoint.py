@@ -46,7 +46,7 @@ class Checkpoint:
 def save_checkpoint(
     model: Recommender, item_ids: list[int], path: str | Path, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model``'s shared parameters and fused item vectors to ``path`` (atomically)."""
+    """Write ``model``'s non-personal parameters and fused item vectors to ``path`` (atomically)."""
     path = Path(path)
     vecs, bias = model.all_item_vectors()
     with atomic_dir(path) as tmp:
@@ -59,7 +59,8 @@ def save_checkpoint(
             (tmp / "adapter_config.json").write_text(
                 json.dumps({"peft_type": None, "adapter": "bottleneck", "bottleneck": cfg.bottleneck}, indent=2)
             )
-        save_file({k: v.contiguous() for k, v in model.shared_state().items()}, str(tmp / "adapter_model.safetensors"))
+        # every non-personal parameter: frozen ones too (model.train-tower = false keeps the public start)
+        save_file({k: v.contiguous() for k, v in model.public_state().items()}, str(tmp / "adapter_model.safetensors"))
         save_file(
             {
                 "vectors": vecs.contiguous(),

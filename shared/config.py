@@ -53,6 +53,11 @@ class ModelConfig:
     #: the record-level DP mode, where a sample's loss must not depend on other samples)
     user_mode: str = "history"
     dropout: float = 0.1
+    #: train the item tower's adapter, norm and projection (false: they stay at their public start, and
+    #: only the per-item bias and the user side train: a small DP-trained part)
+    train_tower: bool = True
+    #: train the personal user vector (false: it stays zero; the device ranks with its history alone)
+    train_personal: bool = True
 
     def __post_init__(self) -> None:
         _check(self.top_layers >= 0, "model.top-layers", f"must be >= 0, got {self.top_layers}")

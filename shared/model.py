@@ -107,6 +107,9 @@ class ItemTower(nn.Module):
         self.bias = nn.Embedding(n, 1)
         nn.init.zeros_(self.bias.weight)
         self.bias.weight.requires_grad_(cfg.item_bias)
+        if not cfg.train_tower:  # the tower keeps its public start (model.train-tower = false)
+            for m in (self.adapter, self.norm, self.proj):
+                m.requires_grad_(False)
 
     @property
     def num_items(self) -> int:
@@ -138,6 +141,9 @@ class UserTower(nn.Module):
         self.cfg = cfg
         self.personal = nn.Embedding(num_users, cfg.dim)
         nn.init.normal_(self.personal.weight, std=0.01)
+        if not cfg.train_personal:  # model.train-personal = false: no personal vector at all
+            nn.init.zeros_(self.personal.weight)
+            self.personal.weight.requires_grad_(False)
         if cfg.user_mode == "history" and cfg.score == "cosine":
             # starts as the pure history summary: random personal vectors would be noise of about the
             # size of the (unit-vector mean) summary and halve the untrained model's accuracy
@@ -219,6 +225,10 @@ class Recommender(nn.Module):
         return {
             n: p.detach() for n, p in self.named_parameters() if p.requires_grad and not n.startswith(PERSONAL_PREFIXES)
         }
+
+    def public_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter but the personal ones, trained or frozen (what a checkpoint must hold)."""
+        return {n: p.detach() for n, p in self.named_parameters() if not n.startswith(PERSONAL_PREFIXES)}
 
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Parameters that never leave the device."""

@@ -9,13 +9,13 @@ The RDP analysis is Opacus' (subsampled Gaussian mechanism).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from shared.config import _check
+from shared.config import ModelConfig, _check
 from shared.errors import ConfigError
 
 
@@ -49,6 +49,11 @@ class PrivacyConfig:
     local_steps: int = 0
     #: normaliser of a step's noisy gradient sum (public; in place of the data-dependent batch size)
     expected_batch: float = 8.0
+    #: the model a DP run trains: a per-item bias (DESIGN 3: per-item rows only under DP-SGD), the item
+    #: tower (false: it keeps its public start, so only a small part is DP-trained) and the personal vector
+    item_bias: bool = True
+    train_tower: bool = False
+    train_personal: bool = False
     #: ``distributed``: the fewest replies a round needs; each device's noise share is calibrated so
     #: that this many shares already add up to the whole noise (slack for dropouts)
     min_shares: int = 2
@@ -67,6 +72,23 @@ class PrivacyConfig:
         _check(self.min_shares >= 1, "dp.min-shares", f"must be >= 1, got {self.min_shares}")
         if self.enabled and self.target_epsilon == 0 and self.noise_multiplier == 0:
             raise ConfigError("dp.noise-multiplier", "must be > 0 when dp.enabled and no dp.target-epsilon")
+
+    def dp_model(self, model: ModelConfig) -> ModelConfig:
+        """The model a run with these settings trains (without DP: ``model``).
+
+        Under DP the user side is the personal vector only (a sample's loss depends on that
+        interaction alone, DESIGN 4a), and ``dp.item-bias``, ``dp.train-tower`` and
+        ``dp.train-personal`` pick the DP-trained part.
+        """
+        if not self.enabled:
+            return model
+        return replace(
+            model,
+            user_mode="personal",
+            item_bias=self.item_bias,
+            train_tower=self.train_tower,
+            train_personal=self.train_personal,
+        )
 
     def steps_per_round(self) -> int:
         """DP steps a device takes in one round (public)."""

@@ -4,39 +4,50 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the keys the benchmark writes under ``runs.`` in results/summary.json
-SUMMARY_KEYS = ["fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-userdp"]
+#: the keys ``bench_fed`` (Flower simulations) writes under ``runs.`` in results/summary.json
+SUMMARY_KEYS = ["fed", "fed-userdp"]
+#: the keys ``bench_dp`` (in-process union simulation of record-level DP) writes under ``runs.``
+DP_SUMMARY_KEYS = ["fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-sdp-eps8", "fed-sdp-eps1"]
 
-#: DP presets: dropout off (DP noise regularises already; dropout over (B, C, 384) inputs costs ~20% of a step);
-#: nodes are sampled as in ``fed`` (each node's ε is planned for its expected participation).
-#: Local SGD with a small step: under DP-SGD with ~80k shared parameters a node's noise is far larger
-#: than its clipped signal, and local Adam (which normalises every coordinate) turned that noise into
-#: a random walk that erased the content structure of round 0 (HR@10 0.34 -> 0.16 in 20 rounds). The
-#: personal vector is trained only on its own node, so it gets a 10x step. 100 rounds (evaluated
-#: every 10): fewer planned steps per node, so less noise per step.
+#: Record-level DP recipe (both routes). Every device takes one DP-SGD step per round (public Poisson
+#: rate, public normaliser), uploads only the noised parameters, and every device takes part in every
+#: round. The item tower starts from the public catalogue (PCA of the text features); a per-item bias
+#: carries popularity (DESIGN 3 allows it under DP: the noise covers every row). Local SGD: under
+#: DP-SGD an adaptive local optimiser turns the noise into a random walk.
 _DP: dict[str, Any] = {
     "dp.enabled": True,
-    "dp.max-grad-norm": 1.0,
-    "dp.delta": 0.001,
+    "model.item-bias": True,
     "model.dropout": 0.0,
     "local.optimizer": "sgd",
-    "local.lr": 0.02,
-    "local.personal-lr-scale": 10.0,
-    "num-server-rounds": 100,
-    "fed.eval-every": 10,
+    "local.lr": 0.3,
+    "dp.local-steps": 1,
+    "dp.sample-rate": 0.05,
+    "dp.expected-batch": 5.0,
+    "dp.max-grad-norm": 1.0,
+    "dp.delta": 1e-5,
+    "fed.strategy": "fedavgm",
+    "fed.server-momentum": 0.9,
+    "fed.fraction-train": 1.0,
+    "num-server-rounds": 40,
+    "fed.eval-every": 5,
 }
+#: DP-SGD across the federation over SecAgg+: each device adds 1/min-shares of the noise
+_SDP: dict[str, Any] = {**_DP, "dp.mode": "distributed", "fed.secagg": True, "dp.min-shares": 900}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # non-private, history user mode (the pyproject defaults: 5% of the nodes per round, FedAvgM)
-    "fed": {},
-    # record-level DP-SGD (privacy unit: one interaction), ε for the whole run
+    "fed": {"dp.enabled": False},
+    # record-level DP-SGD on each device (privacy unit: one interaction), ε for the whole run; no trust
     "fed-dp-eps8": {**_DP, "dp.target-epsilon": 8.0},
     "fed-dp-eps4": {**_DP, "dp.target-epsilon": 4.0},
     "fed-dp-eps1": {**_DP, "dp.target-epsilon": 1.0},
+    # record-level DP-SGD over the secure sum (trust: SecAgg+ and honest noise shares)
+    "fed-sdp-eps8": {**_SDP, "dp.target-epsilon": 8.0},
+    "fed-sdp-eps1": {**_SDP, "dp.target-epsilon": 1.0},
     # user-level DP: server-side fixed clipping of each node's update + Gaussian noise, sampled nodes.
-    # The noise on the mean shrinks with the cohort, so half the nodes per round (not 5%), plain FedAvg
-    # (the DP wrappers add noise after the inner step) and so fewer rounds for the same ε
+    # Accounted without amplification (Flower samples a fixed-size cohort) over each node's participations
     "fed-userdp": {
+        "dp.enabled": False,
         "fed.user-dp": "fixed",
         "fed.user-dp-noise": 1.0,
         "fed.user-dp-clip": 0.5,
@@ -46,5 +57,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fed.eval-every": 2,
     },
     # item cold start: 20% of items never trained on; test items are cold (ranked by the text tower)
-    "fed-cold": {"data.cold-fraction": 0.2},
+    "fed-cold": {"dp.enabled": False, "data.cold-fraction": 0.2},
+}
+
+#: ε values of the privacy–utility curve (0: the same recipe without noise, "ε = ∞")
+CURVE_EPSILONS = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 0.0]
+
+#: the recipe's steps, one at a time (bench_dp --ablation), all at ε = 8
+ABLATION: dict[str, dict[str, Any]] = {
+    "local, tower only (no item bias)": {**_DP, "dp.target-epsilon": 8.0, "model.item-bias": False},
+    "local, + item bias": {**_DP, "dp.target-epsilon": 8.0},
+    "distributed, tower only": {**_SDP, "dp.target-epsilon": 8.0, "model.item-bias": False},
+    "distributed, + item bias": {**_SDP, "dp.target-epsilon": 8.0},
 }
