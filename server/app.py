@@ -13,7 +13,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Federated training of the shared parameters (FedAvg / FedAdam / FedProx, optional user-level DP)."""
+    """Federated training of the shared parameters.
+
+    FedAvg / FedAvgM / FedAdam / FedProx with optional user-level DP; under ``fed.secagg`` SecAgg+
+    (:mod:`server.secagg`), where ``dp.mode = distributed`` takes one DP-SGD step per round on the
+    secure sum of the nodes' noise shares.
+    """
     rc = parse_server_config(context.run_config)
     if rc.fed.secagg:
         from server.secagg import run_secagg

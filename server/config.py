@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.config import Config, ModelConfig, _check, check_uploads, config_from_flat, from_flat, runs_root
+from shared.config import (
+    Config,
+    ModelConfig,
+    _check,
+    check_dp_model,
+    check_uploads,
+    config_from_flat,
+    from_flat,
+    runs_root,
+)
 from shared.errors import ConfigError
+from shared.privacy import PrivacyConfig, plan_noise
 
 #: Why ``fed.user-dp = adaptive`` is refused: Flower 1.42's ``DifferentialPrivacyServerSideAdaptiveClipping``
 #: (flwr/serverapp/strategy/dp_adaptive_clipping.py) cannot be given a correct ε.
@@ -65,8 +75,10 @@ class FedConfig:
     secagg: bool = False
     secagg_shares: int = 3
     secagg_threshold: int = 2
-    #: each node clips every uploaded parameter (values, not updates) to [-range, range] before
-    #: quantising to 2**22 levels: the secure mean is off by under 2 * range / 2**22 per parameter
+    #: each node clips every uploaded value (parameters; under ``dp.mode = distributed`` its noisy
+    #: gradient-sum share) to [-range, range] before quantising to 2**22 levels: the secure mean is off
+    #: by under 2 * range / 2**22 per value. Distributed DP widens it to what a share can reach
+    #: (:func:`server.secagg.share_range`)
     secagg_clip_range: float = 8.0
     #: central evaluation of the global model on the whole dataset (simulation only)
     central_eval: bool = True
@@ -127,9 +139,23 @@ class ServerRunConfig:
     core: Config = field(default_factory=Config)
     fed: FedConfig = field(default_factory=FedConfig)
     num_rounds: int = 3
-    dp_enabled: bool = False
-    dp_delta: float = 1e-3
+    #: the devices' record-level DP settings (``dp.*``): all public, so the server computes their ε
+    dp: PrivacyConfig = field(default_factory=PrivacyConfig)
     local_lr: float = 3e-3
+
+    @property
+    def dp_enabled(self) -> bool:
+        """Whether the devices train under record-level DP (``dp.enabled``)."""
+        return self.dp.enabled
+
+    @property
+    def distributed(self) -> bool:
+        """Record-level DP with the noise split over the cohort's shares (``dp.mode = distributed``)."""
+        return self.dp.enabled and self.dp.mode == "distributed"
+
+    def noise_multiplier(self) -> float:
+        """The devices' noise multiplier σ, planned from public settings exactly as each device plans it."""
+        return plan_noise(self.dp, num_rounds=self.num_rounds, fraction=self.fed.fraction_train)
 
     @property
     def private(self) -> bool:
@@ -143,22 +169,21 @@ class ServerRunConfig:
 
     @property
     def model(self) -> ModelConfig:
-        """The aggregated model: under record-level DP the user side is personal-only (DESIGN 4a)."""
-        m = self.core.model
-        return replace(m, user_mode="personal") if self.dp_enabled else m
+        """The aggregated model, the one the nodes train.
 
-
-def _bool(flat: Mapping[str, Any], key: str) -> bool:
-    v = flat.get(key, False)
-    if isinstance(v, str):
-        if v.lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(key, f"expected a boolean, got {v!r}")
-        return v.lower() in ("true", "1")
-    return bool(v)
+        Under record-level DP it is :meth:`PrivacyConfig.dp_model`: the user side personal-only
+        (DESIGN 4a) and the DP-trained part picked by ``dp.item-bias``, ``dp.train-tower`` and
+        ``dp.train-personal``.
+        """
+        return self.dp.dp_model(self.core.model)
 
 
 def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
-    """Parse the flat run config (the client namespaces ``local.*``/``dp.*`` are read by the nodes)."""
+    """Parse the flat run config (``local.*`` is the nodes'; ``dp.*`` is read by both: its values are public).
+
+    Refuses what the nodes refuse too: ``dp.mode = distributed`` without ``fed.secagg``, and DP with
+    ``model.top-layers > 0``; and distributed DP with cohorts that can be smaller than ``dp.min-shares``.
+    """
     rounds = int(flat.get("num-server-rounds", 3))
     if rounds < 1:
         raise ConfigError("num-server-rounds", f"must be >= 1, got {rounds}")
@@ -166,9 +191,18 @@ def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
         core=config_from_flat(flat),
         fed=from_flat(FedConfig, flat, "fed"),
         num_rounds=rounds,
-        dp_enabled=_bool(flat, "dp.enabled"),
-        dp_delta=float(flat.get("dp.delta", 1e-3)),
+        dp=from_flat(PrivacyConfig, flat, "dp"),
         local_lr=float(flat.get("local.lr", 3e-3)),
     )
     check_uploads(rc.model, rc.dp_enabled)
+    check_dp_model(rc.model, rc.dp_enabled)
+    if rc.distributed:
+        # a share carries 1/min-shares of the noise: only the secure sum of enough of them is a DP release
+        _check(rc.fed.secagg, "dp.mode", "distributed DP sends noise shares, which need SecAgg+: set fed.secagg = true")
+        _check(
+            rc.fed.min_nodes >= rc.dp.min_shares,
+            "fed.min-nodes",
+            f"distributed DP needs cohorts of at least dp.min-shares = {rc.dp.min_shares} nodes, "
+            f"got fed.min-nodes = {rc.fed.min_nodes}",
+        )
     return rc

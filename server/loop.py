@@ -26,6 +26,7 @@ from shared.config import to_flat
 from shared.errors import CheckpointError, ConfigError
 from shared.model import Recommender, pca_init_projection
 from shared.pipeline import Prepared, build_model, prepare
+from shared.privacy import PrivacyConfig, epsilon_of, round_entry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,45 @@ def user_dp_epsilon(*, noise_multiplier: float, participations: int, delta: floa
     rdp = compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=participations, orders=RDP_ORDERS)
     eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
     return float(eps)
+
+
+def record_dp_epsilon(cfg: PrivacyConfig, *, noise_multiplier: float, participations: int) -> float:
+    """Record-level ε of a device sampled in ``participations`` rounds, from public settings only.
+
+    Every value that sets a device's privacy loss is in the run config: σ (planned by
+    :func:`shared.privacy.plan_noise` from the rounds and the sampling fraction), the Poisson rate q and
+    the steps per round (:func:`shared.privacy.round_entry`). So the ε a device's own accountant reaches
+    after r rounds is the RDP composition of r such rounds, and the server computes it from how often
+    it sampled the device; no device sends its ε. A sampled device spends its round whether or not its
+    reply arrives, so counting sampled rounds is exact or an upper bound (a device that stopped at its
+    budget spent less). The run's ε is this at the largest count of any node.
+
+    Raises
+    ------
+    ValueError
+        A negative participation count.
+    """
+    if participations < 0:
+        raise ValueError(f"participations must be >= 0, got {participations}")
+    if participations == 0:
+        return 0.0
+    sigma, q, steps = round_entry(cfg, noise_multiplier)
+    return epsilon_of([(sigma, q, steps * participations)], cfg.delta)  # r equal rounds compose linearly
+
+
+def record_dp_fields(cfg: PrivacyConfig, *, noise_multiplier: float, participations: int) -> dict[str, Any]:
+    """A round row's record-level DP fields: ``epsilon`` (the most-sampled node's), ``delta``, σ, the count."""
+    return {
+        "epsilon": record_dp_epsilon(cfg, noise_multiplier=noise_multiplier, participations=participations),
+        "delta": cfg.delta,
+        "noise-multiplier": noise_multiplier,
+        "max-participation": participations,
+    }
+
+
+def prior_participation(meta: dict[str, Any]) -> int:
+    """The most-sampled node's count over the rounds before a restart (node ids need not survive one)."""
+    return int(meta.get("max-participation", meta.get("user-dp-max-participation", 0)))
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -136,7 +176,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     ckpt_dir = out / "checkpoint"
     start, meta = _resume(rc, model, ckpt_dir)
     # node ids need not survive a restart, so rounds before it add to every node's count (an upper bound)
-    prior_participation = int(meta.get("user-dp-max-participation", 0))
+    prior = prior_participation(meta)
     log_path = out / "rounds.jsonl"
     rows = read_log(log_path, upto_round=start) if start else []
     rewrite_log(log_path, rows)
@@ -148,6 +188,9 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     if start:
         flog(INFO, "resuming run %s after round %d from %s", rc.fed.run_name, start, ckpt_dir)
 
+    if rc.distributed:
+        raise ConfigError("dp.mode", "distributed DP runs under SecAgg+ only (fed.secagg, server.secagg.run_secagg)")
+    sigma = rc.noise_multiplier() if rc.dp_enabled else 0.0
     nodes = wait_for_nodes(grid, rc.fed.min_nodes, rc.fed.timeout)
     strategy = build_strategy(rc.fed, record_dp=rc.dp_enabled, num_nodes_hint=len(nodes), local_lr=rc.local_lr)
     fed_eval = rc.fed.fraction_evaluate > 0 and not rc.private  # nodes refuse evaluation under DP
@@ -184,7 +227,9 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             row["skipped"] = rep.skipped
         if rep.errors:
             row["errors"] = [e.reason[:300] for e in rep.errors[:3]]
-        participation = prior_participation + strategy.max_participation
+        participation = prior + strategy.max_participation
+        if rc.dp_enabled:
+            row.update(record_dp_fields(rc.dp, noise_multiplier=sigma, participations=participation))
         if rc.fed.user_dp != "off":
             row["user-dp-max-participation"] = participation
             row["user-dp-epsilon"] = user_dp_epsilon(
@@ -204,8 +249,8 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
                 row["eval"] = EXPERIMENTER
         row["seconds"] = time.time() - t0
         ck_meta = {"round": rnd, "run-name": rc.fed.run_name, "settings": settings}
-        if rc.fed.user_dp != "off":
-            ck_meta["user-dp-max-participation"] = participation
+        if rc.dp_enabled or rc.fed.user_dp != "off":
+            ck_meta["max-participation"] = participation
         save_checkpoint(model, item_ids, ckpt_dir, meta=ck_meta)
         rows.append(row)
         append_log(log_path, row)

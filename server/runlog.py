@@ -74,7 +74,9 @@ def progress_line(row: dict[str, Any], num_rounds: int) -> str:
     if "test-hr@10" in c:
         who = "experimenter" if row.get("eval") == EXPERIMENTER else "central"
         parts.append(f"{who} val {c['val-hr@10']:.4f} test {c['test-hr@10']:.4f}/{c['test-ndcg@10']:.4f}")
-    if t.get("epsilon-max", 0) > 0:
+    if "epsilon" in row:  # record level, computed by the server from public settings
+        parts.append(f"eps {row['epsilon']:.2f} (delta {row['delta']:.0e}, sigma {row['noise-multiplier']:.3g})")
+    elif t.get("epsilon-max", 0) > 0:
         parts.append(f"eps max/mean {t['epsilon-max']:.2f}/{t['epsilon-mean']:.2f}")
     if "user-dp-epsilon" in row:
         parts.append(f"user-level eps {row['user-dp-epsilon']:.2f}")
@@ -97,7 +99,7 @@ def summary_table(rows: list[dict[str, Any]], *, source: str = "fed") -> str:
         if r is None:
             continue
         f = r.get(source, {})
-        eps = r.get("user-dp-epsilon", r.get("train", {}).get("epsilon-max", 0.0))
+        eps = r.get("epsilon", r.get("user-dp-epsilon", r.get("train", {}).get("epsilon-max", 0.0)))
         lines.append(
             f"{name:<22}{r['round']:>6}{f.get('val-hr@10', float('nan')):>11.4f}{f.get('val-ndcg@10', float('nan')):>10.4f}"
             f"{f.get('test-hr@10', float('nan')):>12.4f}{f.get('test-ndcg@10', float('nan')):>11.4f}{eps:>9.2f}"
@@ -110,6 +112,17 @@ def summary_table(rows: list[dict[str, Any]], *, source: str = "fed") -> str:
             f"{len(rows)} rounds ({skipped} skipped) in {secs / 60:.1f} min; "
             f"upload {max(up, default=0):,.0f} bytes per client per round"
         )
+        last = rows[-1]
+        if "epsilon" in last:
+            lines.append(
+                f"record-level DP: ε = {last['epsilon']:.3f} at δ = {last['delta']:g} for the most-sampled node "
+                f"({last['max-participation']} rounds, σ = {last['noise-multiplier']:.4g}; public settings)"
+            )
+        if "user-dp-epsilon" in last:
+            lines.append(
+                f"user-level DP: ε = {last['user-dp-epsilon']:.3f} for the most-sampled node "
+                f"({last['user-dp-max-participation']} rounds)"
+            )
     return "\n".join(lines)
 
 
@@ -143,7 +156,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("round")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    pts = [(r["round"], r["train"].get("epsilon-max", 0.0)) for r in rows if "train" in r]
+    pts = [(r["round"], r.get("epsilon", r.get("train", {}).get("epsilon-max", 0.0))) for r in rows]
     if pts:
         ax2.plot(*zip(*pts, strict=True), label="ε max (record level)")
     pts = [(r["round"], r["user-dp-epsilon"]) for r in rows if "user-dp-epsilon" in r]

@@ -1,5 +1,7 @@
-"""End to end: a real SuperLink and 3 SuperNodes on 127.0.0.1, each with its own data file, 2 rounds
-with SecAgg+; checks the aggregated metrics and stops every process by PID."""
+"""End to end: a real SuperLink and 3 SuperNodes on 127.0.0.1, each with its own data file and state
+folder, 2 rounds of distributed DP-SGD under SecAgg+ (a real device requires record-level DP and a
+target ε by default); checks the rows, the server's ε against each device's own ledger, and stops every
+process by PID."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import write_tiny_ml100k
+
+from server.loop import record_dp_epsilon
+from shared.privacy import PrivacyConfig, epsilon_of, plan_noise
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +54,8 @@ def test_secagg_round_trip_with_real_processes(tmp_path: Path, tiny_bert: str) -
     lines = (root / "ml-100k" / "u.data").read_text().splitlines()
     files = []
     for n, users in enumerate((("1", "2"), ("3", "4"), ("5", "6"))):
-        f = tmp_path / f"device{n}.data"
+        f = tmp_path / f"device{n}" / "u.data"  # one folder per device: its state and ledger live beside it
+        f.parent.mkdir()
         f.write_text("\n".join(line for line in lines if line.split("\t")[0] in users) + "\n")
         files.append(f)
 
@@ -110,6 +116,7 @@ def test_secagg_round_trip_with_real_processes(tmp_path: Path, tiny_bert: str) -
         out = tmp_path / "runs"
         overrides = (
             f"num-server-rounds=2 fed.secagg=true fed.min-nodes=3 fed.out-dir='{out}' fed.run-name='e2e' "
+            "fed.fraction-train=1.0 fed.eval-every=1 dp.enabled=true dp.mode='distributed' dp.target-epsilon=4.0 "
             f"data.dir='{root}' data.cache-dir='{tmp_path / 'cache'}' model.backbone='{tiny_bert}' "
             "model.dim=16 model.bottleneck=8 model.history-len=8 train.negatives=8 local.batch-size=4"
         )
@@ -128,10 +135,24 @@ def test_secagg_round_trip_with_real_processes(tmp_path: Path, tiny_bert: str) -
         assert summary.exists(), (logs / "superlink.log").read_text()[-3000:]
         rows = [json.loads(line) for line in (out / "e2e" / "rounds.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [1, 2]
+        dp = PrivacyConfig(enabled=True, mode="distributed", target_epsilon=4.0)
+        sigma = plan_noise(dp, num_rounds=2, fraction=1.0)
         for r in rows:
-            assert r["secagg"] and r["fed"]["nodes"] == 3
-            assert r["fed"]["val-count"] == 6 and 0 <= r["fed"]["test-hr@10"] <= 1
-            assert r["train"]["nodes"] == 3 and r["train"]["train-loss"] > 0
+            assert r["secagg"] and r["dp-mode"] == "distributed" and not r.get("skipped"), r
+            assert r["shares"] == 3 and r["train"] == {"nodes": 3.0}  # nothing but the count in the clear
+            assert "fed" not in r and r["eval"] == "experimenter" and 0 <= r["central"]["test-hr@10"] <= 1
+            assert r["noise-multiplier"] == pytest.approx(sigma) and r["delta"] == dp.delta
+            assert r["max-participation"] == r["round"]  # every device in every round
+            assert r["epsilon"] == pytest.approx(
+                record_dp_epsilon(dp, noise_multiplier=sigma, participations=r["round"])
+            )
+        assert 0 < rows[-1]["epsilon"] <= 4.0 * (1 + 1e-9)
+        # the server's ε (from public settings) is what each device's own accountant recorded
+        for f in files:
+            ledger = json.loads((f.parent / ".fedxrec-state" / "privacy-ledger.json").read_text())
+            history = [tuple(h) for h in ledger["runs"]["e2e"]]
+            assert epsilon_of(history, dp.delta) == pytest.approx(rows[-1]["epsilon"], rel=1e-6)
+        assert json.loads(summary.read_text())["best-selected-by"].startswith("experimenter")
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -1,5 +1,6 @@
 """User-level DP at the server: per-node accounting without amplification, noise calibrated for the cohort
-Flower really samples, and rounds with fewer clean replies than that skipped (hand-built Messages)."""
+Flower really samples, and rounds with fewer clean replies than that skipped (hand-built Messages); and the
+record-level ε the server logs from public settings, equal to the devices' own accountants'."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from fedfixtures import fed_config, task_identity  # noqa: F401
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from server.config import FedConfig
-from server.loop import user_dp_epsilon
+from server.loop import record_dp_epsilon, user_dp_epsilon
 from server.strategy import GuardedStrategy, build_strategy, cohort_size
+from shared.privacy import PrivacyConfig, epsilon_of, plan_noise, round_entry
 
 D = 20_000  # parameters: enough to measure the noise's standard deviation to about 1%
 REF = {"w": np.zeros(D, np.float32)}
@@ -245,10 +247,14 @@ def test_the_loop_skips_short_rounds_accounts_per_node_and_evaluates_only_centra
     assert set(grid.kinds) == {"train"}  # no federated evaluation was sent
     assert [r.get("skipped", "") != "" for r in rows] == [False, True, False]
     assert rows[1]["failed"] == 1 and rows[1]["train"] == {}
+    sigma = plan_noise(rc.dp, num_rounds=3, fraction=0.5)
     for r in rows:
         assert r["eval"] == "experimenter" and "fed" not in r and 0 <= r["central"]["val-hr@10"] <= 1
         k = r["user-dp-max-participation"]
         assert r["user-dp-epsilon"] == user_dp_epsilon(noise_multiplier=1.0, participations=k, delta=1e-3)
+        # record level, from public settings (no reply carried ε): the same per-node count
+        assert r["max-participation"] == k and r["delta"] == rc.dp.delta and r["noise-multiplier"] == sigma
+        assert r["epsilon"] == record_dp_epsilon(rc.dp, noise_multiplier=sigma, participations=k) > 0
     assert [r["user-dp-max-participation"] for r in rows][-1] >= 2  # 6 places over 4 nodes
     summary = json.loads((Path(cfg["fed.out-dir"]) / "udp" / "summary.json").read_text())
     assert summary["best-selected-by"].startswith("experimenter") and summary["best"]["round"] in (1, 2, 3)
@@ -257,3 +263,55 @@ def test_the_loop_skips_short_rounds_accounts_per_node_and_evaluates_only_centra
     more = run_federated(grid, parse_server_config({**cfg, "num-server-rounds": 4}))  # type: ignore[arg-type]
     assert more[-1]["round"] == 4
     assert more[-1]["user-dp-max-participation"] == rows[-1]["user-dp-max-participation"] + 1
+    assert more[-1]["max-participation"] == more[-1]["user-dp-max-participation"]
+
+
+# --- record-level ε from public settings ------------------------------------------------------------------
+
+
+def test_the_servers_record_level_epsilon_is_the_devices_accountants() -> None:
+    cfg = PrivacyConfig(enabled=True, noise_multiplier=1.1, sample_rate=0.02, local_steps=7, delta=1e-5)
+    assert record_dp_epsilon(cfg, noise_multiplier=1.1, participations=0) == 0.0
+    eps = [record_dp_epsilon(cfg, noise_multiplier=1.1, participations=r) for r in (1, 5, 20)]
+    assert 0 < eps[0] < eps[1] < eps[2]
+    for r, e in zip((1, 5, 20), eps, strict=True):  # a device appends one round's entry per round it trains
+        assert e == pytest.approx(epsilon_of([round_entry(cfg, 1.1)] * r, cfg.delta), rel=1e-9)
+    dist = PrivacyConfig(enabled=True, mode="distributed", noise_multiplier=1.1, sample_rate=0.02)
+    assert record_dp_epsilon(dist, noise_multiplier=1.1, participations=3) == pytest.approx(
+        epsilon_of([(1.1, 0.02, 1)] * 3, dist.delta), rel=1e-9
+    )  # one step per round
+    with pytest.raises(ValueError, match="participations"):
+        record_dp_epsilon(cfg, noise_multiplier=1.1, participations=-1)
+
+
+def test_the_loop_logs_the_planned_noise_and_the_most_sampled_nodes_epsilon(fed_config: dict) -> None:  # noqa: F811
+    import json
+    from pathlib import Path
+
+    from server.config import parse_server_config
+    from server.loop import run_federated
+
+    cfg = {
+        **fed_config,
+        "dp.enabled": True,
+        "dp.target-epsilon": 4.0,
+        "dp.local-steps": 3,
+        "fed.fraction-train": 0.5,
+        "fed.min-nodes": 2,
+        "num-server-rounds": 2,
+        "fed.run-name": "rdp",
+    }
+    rc = parse_server_config(cfg)
+    grid = _AnsweringGrid(4, fail_round=0)
+    rows = run_federated(grid, rc)  # type: ignore[arg-type]
+    sigma = plan_noise(rc.dp, num_rounds=2, fraction=0.5)
+    assert sigma > 0 and sigma != rc.dp.noise_multiplier  # planned for the target, as each device plans it
+    for r in rows:
+        assert r["train"] == {"nodes": 2.0}  # the replies carried only the unit weight
+        assert r["noise-multiplier"] == sigma and r["delta"] == 1e-5
+        assert r["epsilon"] == record_dp_epsilon(rc.dp, noise_multiplier=sigma, participations=r["max-participation"])
+        assert r["epsilon"] <= 4.0 * (1 + 1e-9)
+    assert [r["max-participation"] for r in rows][-1] in (1, 2)
+    summary = json.loads((Path(cfg["fed.out-dir"]) / "rdp" / "summary.json").read_text())
+    assert summary["last"]["epsilon"] == rows[-1]["epsilon"]
+    assert summary["best-selected-by"].startswith("experimenter")
