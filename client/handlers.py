@@ -28,7 +28,7 @@ from client.state import (
     upload_arrays,
 )
 from client.train import LocalResult, build_model, dp_share, evaluate_node, shared_names, train_dp, train_plain
-from shared.model import Recommender
+from shared.model import Recommender, pca_init_projection
 from shared.params import num_bytes
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ def _setup(context: Context) -> tuple[ClientRunConfig, NodeSpec, NodeData, Path,
     if not context.state.array_records and not context.state.config_records:
         if load_node_state(state_path, context.state):
             log.info("node state restored from %s", state_path)
-    return rc, spec, data, state_path, build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
+    if not rc.model.train_tower:  # a frozen tower is never broadcast: rebuild its public start (PCA of the catalogue)
+        pca_init_projection(model)
+    return rc, spec, data, state_path, model
 
 
 def _train_private(

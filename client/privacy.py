@@ -30,7 +30,9 @@ from shared.errors import DataError, FedxrecError
 from shared.io import atomic_path
 from shared.privacy import (  # noqa: F401  (re-exported: the device's accounting is the shared one)
     ORDERS,
+    Entry,
     PrivacyConfig,
+    as_entry,
     epsilon_of,
     max_examples,
     noise_for_epsilon,
@@ -58,7 +60,7 @@ class NodePrivacy:
     """A device's DP state in one run: the run's noise multiplier and the accountant's history."""
 
     noise_multiplier: float = 0.0
-    history: list[tuple[float, float, int]] = field(default_factory=list)
+    history: list[Entry] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({"noise_multiplier": self.noise_multiplier, "history": self.history})
@@ -66,7 +68,7 @@ class NodePrivacy:
     @classmethod
     def from_json(cls, text: str) -> NodePrivacy:
         d = json.loads(text)
-        return cls(float(d["noise_multiplier"]), [(float(a), float(b), int(c)) for a, b, c in d["history"]])
+        return cls(float(d["noise_multiplier"]), [as_entry(e) for e in d["history"]])
 
     def epsilon(self, delta: float) -> float:
         """Cumulative ε at ``delta`` over every step of this history (0 before any step)."""
@@ -99,9 +101,7 @@ def check_run(floor: DeviceFloor, cfg: PrivacyConfig, noise_multiplier: float | 
         )
 
 
-def check_budget(
-    cfg: PrivacyConfig, privacy: NodePrivacy, *, floor: DeviceFloor, ledger: list[tuple[float, float, int]]
-) -> None:
+def check_budget(cfg: PrivacyConfig, privacy: NodePrivacy, *, floor: DeviceFloor, ledger: list[Entry]) -> None:
     """Refuse a round that would take ε past the run's target, or the device's lifetime ε past its ceiling.
 
     ``ledger`` is the device's accountant history over every other run. Raises
@@ -131,31 +131,31 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.runs: dict[str, list[tuple[float, float, int]]] = {}
+        self.runs: dict[str, list[Entry]] = {}
         if path.is_file():
             try:
                 d = json.loads(path.read_text())
-                self.runs = {str(k): [(float(a), float(b), int(c)) for a, b, c in v] for k, v in d["runs"].items()}
+                self.runs = {str(k): [as_entry(e) for e in v] for k, v in d["runs"].items()}
             except Exception as e:
                 raise DataError(path, f"unreadable privacy ledger ({type(e).__name__}: {e})") from e
 
-    def others(self, run_name: str) -> list[tuple[float, float, int]]:
+    def others(self, run_name: str) -> list[Entry]:
         """Every entry of the runs other than ``run_name``."""
         return [h for name, hist in self.runs.items() if name != run_name for h in hist]
 
-    def record(self, run_name: str, history: list[tuple[float, float, int]]) -> None:
+    def record(self, run_name: str, history: list[Entry]) -> None:
         """Store ``run_name``'s whole history (it only grows) and write the ledger."""
 
-        def steps(hist: list[tuple[float, float, int]]) -> dict[tuple[float, float], int]:
-            out: dict[tuple[float, float], int] = {}
-            for sigma, q, k in hist:
-                out[(sigma, q)] = out.get((sigma, q), 0) + k
+        def steps(hist: list[Entry]) -> dict[tuple[float, float, int], int]:
+            out: dict[tuple[float, float, int], int] = {}
+            for sigma, q, k, g in hist:
+                out[(sigma, q, g)] = out.get((sigma, q, g), 0) + k
             return out
 
         old, new = steps(self.runs.get(run_name, [])), steps(history)
         if any(new.get(key, 0) < k for key, k in old.items()):
             raise PrivacyRefused(f"run {run_name!r} would shrink this device's privacy ledger {self.path}")
-        self.runs[run_name] = [tuple(h) for h in history]  # type: ignore[misc]
+        self.runs[run_name] = [as_entry(h) for h in history]
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps({"runs": self.runs}))
 

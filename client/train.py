@@ -18,12 +18,13 @@ from torch import nn
 
 from client.config import LocalConfig, PrivacyConfig
 from client.data import NodeData
-from client.privacy import NodePrivacy, max_examples, secure_seed
+from client.privacy import Entry, NodePrivacy, max_examples, secure_seed
 from shared.config import ModelConfig, TrainConfig
 from shared.errors import ConfigError
 from shared.metrics import rank_of_target
 from shared.model import PERSONAL_PREFIXES, Recommender
-from shared.training import Sequences, eval_histories, make_batch, sample_losses
+from shared.splits import Split
+from shared.training import Sequences, eval_histories, make_batch, sample_losses, session_losses, sessions
 
 log = logging.getLogger(__name__)
 
@@ -176,35 +177,87 @@ def dp_generators(test_seed: int | None) -> tuple[torch.Generator, np.random.Gen
     return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
 
 
-def _dp_examples(data: NodeData, pcfg: PrivacyConfig) -> tuple[Sequences, np.ndarray, np.ndarray]:
-    """The training samples a DP device uses: at most 1/(10·δ) interactions, its newest ones."""
+@dataclass
+class DPSamples:
+    """A device's DP samples: interactions (``dp.sample = interaction``) or sessions (``session``)."""
+
+    seqs: Sequences
+    users: np.ndarray  # (S,) interaction samples: user position
+    steps: np.ndarray  # (S,) and time step
+    sessions: np.ndarray | None = None  # (S, cap) session samples, -1 padded
+    session_owner: np.ndarray | None = None  # (S,) user position of each session
+
+    def owners(self) -> np.ndarray:
+        """The user position of every sample (S,)."""
+        return self.session_owner if self.session_owner is not None else self.users
+
+    def __len__(self) -> int:
+        return len(self.sessions) if self.sessions is not None else len(self.users)
+
+    def losses(
+        self,
+        model: Recommender,
+        gsm: nn.Module,
+        idx: np.ndarray,
+        *,
+        tcfg: TrainConfig,
+        num_items: int,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """Per-sample losses (B,) of samples ``idx``, through the per-sample-gradient module ``gsm``."""
+        if self.sessions is not None:
+            neg = torch.as_tensor(rng.integers(0, num_items, size=(len(idx), tcfg.negatives)))
+            return session_losses(model, torch.as_tensor(self.sessions[idx]), neg, tcfg.temperature)
+        b = make_batch(
+            self.seqs,
+            self.users[idx],
+            self.steps[idx],
+            history_len=None,
+            negatives=tcfg.negatives,
+            num_items=num_items,
+            rng=rng,
+        )
+        return sample_losses(gsm(b["users"], None, b["candidates"]), tcfg.loss, tcfg.temperature)
+
+
+def dp_samples(split: Split, pcfg: PrivacyConfig) -> DPSamples:
+    """The samples a DP device trains on, from at most 1/(10·δ) interactions (its newest ones)."""
     cap = max_examples(pcfg.delta)
-    lists = list(data.split.train)
+    lists, ts_lists = list(split.train), list(split.train_ts)
     total = sum(len(x) for x in lists)
     if total > cap:  # keep the newest cap interactions (each user's list is in time order)
-        ts = np.concatenate(data.split.train_ts)
         keep_flat = np.zeros(total, bool)
-        keep_flat[np.argsort(ts, kind="stable")[total - cap :]] = True
+        keep_flat[np.argsort(np.concatenate(ts_lists), kind="stable")[total - cap :]] = True
         bounds = np.cumsum([0, *[len(x) for x in lists]])
-        lists = [x[keep_flat[a:b]] for x, a, b in zip(lists, bounds[:-1], bounds[1:], strict=True)]
+        keep = [keep_flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        lists = [x[k] for x, k in zip(lists, keep, strict=True)]
+        ts_lists = [np.asarray(t)[k] for t, k in zip(ts_lists, keep, strict=True)]
     seqs = Sequences.from_lists(lists)
     users, steps = seqs.samples()
-    return seqs, users, steps
+    if pcfg.sample == "session":
+        rows, owner = sessions(lists, ts_lists, seconds=pcfg.session_seconds, cap=pcfg.session_cap)
+        return DPSamples(seqs, users, steps, rows, owner)
+    return DPSamples(seqs, users, steps)
+
+
+def _dp_examples(data: NodeData, pcfg: PrivacyConfig) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    """The interaction samples of :func:`dp_samples` (tests)."""
+    d = dp_samples(data.split, pcfg)
+    return d.seqs, d.users, d.steps
 
 
 def _per_sample_grads(
+    model: Recommender,
     gsm: GradSampleModule,
-    seqs: Sequences,
-    users: np.ndarray,
-    steps: np.ndarray,
+    samples: DPSamples,
+    idx: np.ndarray,
     *,
     tcfg: TrainConfig,
     num_items: int,
     rng: np.random.Generator,
 ) -> float:
     """Forward and backward of one Poisson batch; fills ``grad_sample``; returns the summed loss."""
-    b = make_batch(seqs, users, steps, history_len=None, negatives=tcfg.negatives, num_items=num_items, rng=rng)
-    per = sample_losses(gsm(b["users"], None, b["candidates"]), tcfg.loss, tcfg.temperature)  # per-sample safe
+    per = samples.losses(model, gsm, idx, tcfg=tcfg, num_items=num_items, rng=rng)
     per.sum().backward()
     return float(per.detach().sum())
 
@@ -236,7 +289,7 @@ def train_dp(
     if model.cfg.user_mode != "personal":
         raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
     gen, rng = dp_generators(test_seed)
-    seqs, users, steps = _dp_examples(data, pcfg)
+    samples = dp_samples(data.split, pcfg)
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
     # a bare parameter on the top module has no per-sample gradient rule: the shared logit scale stays
     # fixed on the device under DP (it is still uploaded, unchanged)
@@ -254,12 +307,10 @@ def train_dp(
     nsteps = pcfg.steps_per_round()
     try:
         for _ in range(nsteps):
-            pick = np.flatnonzero(torch.rand(len(users), generator=gen).numpy() < pcfg.sample_rate)
+            pick = np.flatnonzero(torch.rand(len(samples), generator=gen).numpy() < pcfg.sample_rate)
             opt.zero_grad(set_to_none=True)
             if len(pick):
-                total += _per_sample_grads(
-                    gsm, seqs, users[pick], steps[pick], tcfg=tcfg, num_items=data.num_items, rng=rng
-                )
+                total += _per_sample_grads(model, gsm, samples, pick, tcfg=tcfg, num_items=data.num_items, rng=rng)
                 seen += len(pick)
             else:
                 _empty_grad_samples(params)
@@ -270,14 +321,14 @@ def train_dp(
                 p.grad.div_(pcfg.expected_batch)
                 p.grad_sample = None  # type: ignore[attr-defined]
             opt.step()
-            privacy.history.append((privacy.noise_multiplier, pcfg.sample_rate, 1))
+            privacy.history.append((privacy.noise_multiplier, pcfg.sample_rate, 1, pcfg.group()))
             _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
     finally:
         gsm._close()
         model.scale.requires_grad_(scale_trained)
     privacy.history = _compact(privacy.history)
     eps = privacy.epsilon(pcfg.delta)
-    return LocalResult(total / max(seen, 1), len(users), nsteps, eps, pcfg.delta, privacy.noise_multiplier)
+    return LocalResult(total / max(seen, 1), len(samples.users), nsteps, eps, pcfg.delta, privacy.noise_multiplier)
 
 
 def dp_share(
@@ -302,7 +353,7 @@ def dp_share(
     if model.cfg.user_mode != "personal":
         raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
     gen, rng = dp_generators(test_seed)
-    seqs, users, steps = _dp_examples(data, pcfg)
+    samples = dp_samples(data.split, pcfg)
     scale_trained = model.scale.requires_grad
     model.scale.requires_grad_(False)
     groups = _groups(model, pcfg)
@@ -313,10 +364,10 @@ def dp_share(
     gsm.train()
     names = {id(p): n for n, p in model.named_parameters()}
     try:
-        pick = np.flatnonzero(torch.rand(len(users), generator=gen).numpy() < pcfg.sample_rate)
+        pick = np.flatnonzero(torch.rand(len(samples), generator=gen).numpy() < pcfg.sample_rate)
         model.zero_grad(set_to_none=True)
         if len(pick):
-            _per_sample_grads(gsm, seqs, users[pick], steps[pick], tcfg=tcfg, num_items=data.num_items, rng=rng)
+            _per_sample_grads(model, gsm, samples, pick, tcfg=tcfg, num_items=data.num_items, rng=rng)
         else:
             _empty_grad_samples([p for ps in groups.values() for p in ps])
         _clipped_sum(groups, pcfg.clip_norms())
@@ -336,18 +387,18 @@ def dp_share(
     finally:
         gsm._close()
         model.scale.requires_grad_(scale_trained)
-    privacy.history = _compact([*privacy.history, (privacy.noise_multiplier, pcfg.sample_rate, 1)])
+    privacy.history = _compact([*privacy.history, (privacy.noise_multiplier, pcfg.sample_rate, 1, pcfg.group())])
     return share
 
 
-def _compact(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """Merge consecutive accountant entries with the same (σ, q) (RDP composes linearly in steps)."""
-    out: list[tuple[float, float, int]] = []
-    for sigma, q, k in history:
-        if out and out[-1][0] == sigma and out[-1][1] == q:
-            out[-1] = (sigma, q, out[-1][2] + k)
+def _compact(history: list[Entry]) -> list[Entry]:
+    """Merge consecutive accountant entries with the same (σ, q, group) (RDP composes linearly in steps)."""
+    out: list[Entry] = []
+    for sigma, q, k, g in history:
+        if out and out[-1][0] == sigma and out[-1][1] == q and out[-1][3] == g:
+            out[-1] = (sigma, q, out[-1][2] + k, g)
         else:
-            out.append((sigma, q, k))
+            out.append((sigma, q, k, g))
     return out
 
 

@@ -196,6 +196,9 @@ def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
     )
     check_uploads(rc.model, rc.dp_enabled)
     check_dp_model(rc.model, rc.dp_enabled)
+    if not rc.model.train_tower and rc.fed.proj_init != "pca":
+        # a frozen tower is never sent: every device rebuilds it, which only the public PCA start allows
+        raise ConfigError("fed.proj-init", "a frozen item tower (dp.train-tower = false) needs fed.proj-init = pca")
     if rc.distributed:
         # a share carries 1/min-shares of the noise: only the secure sum of enough of them is a DP release
         _check(rc.fed.secagg, "dp.mode", "distributed DP sends noise shares, which need SecAgg+: set fed.secagg = true")

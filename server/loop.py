@@ -99,8 +99,8 @@ def record_dp_epsilon(cfg: PrivacyConfig, *, noise_multiplier: float, participat
         raise ValueError(f"participations must be >= 0, got {participations}")
     if participations == 0:
         return 0.0
-    sigma, q, steps = round_entry(cfg, noise_multiplier)
-    return epsilon_of([(sigma, q, steps * participations)], cfg.delta)  # r equal rounds compose linearly
+    sigma, q, steps, group = round_entry(cfg, noise_multiplier)
+    return epsilon_of([(sigma, q, steps * participations, group)], cfg.delta)  # r equal rounds compose linearly
 
 
 def record_dp_fields(cfg: PrivacyConfig, *, noise_multiplier: float, participations: int) -> dict[str, Any]:

@@ -49,6 +49,13 @@ class PrivacyConfig:
     local_steps: int = 0
     #: normaliser of a step's noisy gradient sum (public; in place of the data-dependent batch size)
     expected_batch: float = 8.0
+    #: what one DP sample is: ``interaction`` (its loss reads that interaction and the personal vector) or
+    #: ``session`` (a device's interactions within one public time bucket of ``dp.session-seconds``, at
+    #: most ``dp.session-cap``; each item is predicted from the session's other items). A session is
+    #: changed by one interaction, so it is accounted as a group of two (:func:`epsilon_of`)
+    sample: str = "interaction"
+    session_seconds: int = 60
+    session_cap: int = 8
     #: the model a DP run trains: a per-item bias (DESIGN 3: per-item rows only under DP-SGD), the item
     #: tower (false: it keeps its public start, so only a small part is DP-trained) and the personal vector
     item_bias: bool = True
@@ -60,6 +67,9 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in ("local", "distributed"), "dp.mode", f"local|distributed, got {self.mode!r}")
+        _check(self.sample in ("interaction", "session"), "dp.sample", f"interaction|session, got {self.sample!r}")
+        _check(self.session_seconds > 0, "dp.session-seconds", f"must be > 0, got {self.session_seconds}")
+        _check(self.session_cap >= 2, "dp.session-cap", f"must be >= 2, got {self.session_cap}")
         _check(self.target_epsilon >= 0, "dp.target-epsilon", f"must be >= 0, got {self.target_epsilon}")
         _check(self.noise_multiplier >= 0, "dp.noise-multiplier", f"must be >= 0, got {self.noise_multiplier}")
         _check(self.max_grad_norm > 0, "dp.max-grad-norm", f"must be > 0, got {self.max_grad_norm}")
@@ -90,6 +100,10 @@ class PrivacyConfig:
             train_personal=self.train_personal,
         )
 
+    def group(self) -> int:
+        """Sample-level add/remove changes one interaction can make (the accountant's group size)."""
+        return 2 if self.sample == "session" else 1
+
     def steps_per_round(self) -> int:
         """DP steps a device takes in one round (public)."""
         if self.mode == "distributed":
@@ -105,11 +119,34 @@ class PrivacyConfig:
         return math.sqrt(sum(c * c for c in self.clip_norms().values()))
 
 
-def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` of an RDP accountant history (subsampled Gaussian, composed over every entry)."""
+#: one accountant entry: (noise multiplier σ, Poisson rate q, steps, group), where ``group`` is how many
+#: sample-level add/remove changes one interaction can make (1: a sample is one interaction; 2: a sample
+#: is a session, which one interaction's presence modifies: remove the old session, add the new one)
+Entry = tuple[float, float, int, int]
+
+
+def as_entry(e: tuple[float, ...] | list[float]) -> Entry:
+    """An entry from JSON (3 fields: a pre-session history, group 1)."""
+    return (float(e[0]), float(e[1]), int(e[2]), int(e[3]) if len(e) > 3 else 1)
+
+
+def epsilon_of(history: list[Entry], delta: float) -> float:
+    """Record-level ε at ``delta`` of an accountant history (subsampled Gaussian, composed over every entry).
+
+    A group-2 entry enters at order β with 3·RDP(2β), the group-privacy bound for two add/remove steps
+    (Mironov 2017, Prop. 11; valid for β ≥ 2). RDP composes additively over entries at each order.
+    """
     if not history:
         return 0.0
-    rdp = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in history)
+    rdp = np.zeros(len(ORDERS))
+    for sigma, q, steps, group in history:
+        if group == 1:
+            rdp = rdp + _rdp_per_step(sigma, q, tuple(ORDERS)) * steps
+        elif group == 2:
+            doubled = _rdp_per_step(sigma, q, tuple(2 * o for o in ORDERS))
+            rdp = rdp + np.where(np.asarray(ORDERS) >= 2, 3.0 * doubled * steps, np.inf)
+        else:
+            raise ValueError(f"accountant entry with group {group}: only 1 and 2 are supported")
     eps, _ = rdp_analysis.get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
     return float(eps)
 
@@ -120,10 +157,10 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
 ORDERS = [1.25, 1.5, 1.75, *range(2, 65), 80, 96, 128, 256]
 
 
-@lru_cache(maxsize=256)
-def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+@lru_cache(maxsize=512)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float, orders: tuple[float, ...]) -> np.ndarray:
     return np.asarray(
-        rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=ORDERS)
+        rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders))
     )
 
 
@@ -142,9 +179,9 @@ def planned_participations(num_rounds: int, fraction: float) -> int:
     return min(num_rounds, math.ceil(mean + 2.0 * math.sqrt(mean * (1.0 - fraction))))
 
 
-def round_entry(cfg: PrivacyConfig, noise_multiplier: float) -> tuple[float, float, int]:
-    """The accountant entry of one round: (σ, q, steps), all public."""
-    return (noise_multiplier, cfg.sample_rate, cfg.steps_per_round())
+def round_entry(cfg: PrivacyConfig, noise_multiplier: float) -> Entry:
+    """The accountant entry of one round: (σ, q, steps, group), all public."""
+    return (noise_multiplier, cfg.sample_rate, cfg.steps_per_round(), cfg.group())
 
 
 def plan_noise(cfg: PrivacyConfig, *, num_rounds: int, fraction: float) -> float:
@@ -152,15 +189,15 @@ def plan_noise(cfg: PrivacyConfig, *, num_rounds: int, fraction: float) -> float
     if cfg.target_epsilon <= 0:
         return cfg.noise_multiplier
     steps = planned_participations(num_rounds, fraction) * cfg.steps_per_round()
-    return noise_for_epsilon(cfg.target_epsilon, cfg.delta, cfg.sample_rate, steps)
+    return noise_for_epsilon(cfg.target_epsilon, cfg.delta, cfg.sample_rate, steps, cfg.group())
 
 
 @lru_cache(maxsize=1024)
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int, group: int = 1) -> float:
     """The smallest noise multiplier (to 0.5%) whose ε after ``steps`` steps is at most the target."""
 
     def eps(sigma: float) -> float:
-        return epsilon_of([(sigma, sample_rate, steps)], delta)
+        return epsilon_of([(sigma, sample_rate, steps, group)], delta)
 
     lo, hi = 0.05, 1.0
     while eps(hi) > target_epsilon:

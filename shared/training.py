@@ -211,3 +211,52 @@ def full_ranking(model: Recommender, split: Split, which: str = "test", k: int =
     r = np.concatenate(ranked)
     rel = [np.array([t]) for t in target[keep]]
     return {f"recall@{k}": recall_at_k(r, rel, k), f"ndcg@{k}": ndcg_at_k(r, rel, k)}
+
+
+def sessions(
+    lists: list[np.ndarray], ts_lists: list[np.ndarray], *, seconds: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's interactions grouped by public time buckets of ``seconds``: (S, cap) rows, -1 padded.
+
+    Returns the rows and each row's user position (S,).
+
+    A session holds the first ``cap`` interactions (in time order) a user made within one bucket
+    ``[k·seconds, (k+1)·seconds)``. Buckets are fixed in time, not by the data, so adding or removing one
+    interaction changes exactly one session (or adds or removes one): the basis of the group-of-2
+    accounting of session samples (:mod:`shared.privacy`).
+    """
+    out: list[np.ndarray] = []
+    owner: list[int] = []
+    for u, (items, ts) in enumerate(zip(lists, ts_lists, strict=True)):
+        if not len(items):
+            continue
+        bucket = np.asarray(ts, np.int64) // seconds
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])  # time order: buckets are contiguous
+        for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
+            row = np.full(cap, -1, np.int64)
+            chunk = np.asarray(items[a:b])[:cap]
+            row[: len(chunk)] = chunk
+            out.append(row)
+            owner.append(u)
+    rows = np.stack(out) if out else np.zeros((0, cap), np.int64)
+    return rows, np.asarray(owner, np.int64)
+
+
+def session_losses(model: Recommender, rows: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-session losses (B,): every item of a session against the negatives, given the session's other items.
+
+    rows (B, K) catalogue rows, -1 padded; negatives (B, M). The context of item t is the mean vector of the
+    session's other items (zero for a one-item session, where only the bias speaks), so a session's loss
+    depends on that session alone and the batch dimension stays first (exact per-sample gradients).
+    """
+    k = rows.shape[1]
+    mask = (rows >= 0).float()  # (B, K)
+    v, b = model.items(torch.cat([rows.clamp_min(0), negatives], dim=1))  # (B, K+M, D), (B, K+M)
+    vs = v[:, :k] * mask[..., None]  # (B, K, D)
+    cnt = mask.sum(1, keepdim=True)  # (B, 1)
+    ctx = (vs.sum(1, keepdim=True) - vs) / (cnt - 1).clamp_min(1.0)[..., None]  # (B, K, D) leave-one-out means
+    pos = (vs * ctx).sum(-1) + b[:, :k]  # (B, K)
+    neg = torch.einsum("bkd,bmd->bkm", ctx, v[:, k:]) + b[:, None, k:]  # (B, K, M)
+    logits = torch.cat([pos[..., None], neg], dim=-1) / temperature  # (B, K, 1+M)
+    ce = F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * k, dtype=torch.long), reduction="none")
+    return (ce.view(-1, k) * mask).sum(1) / cnt.squeeze(1).clamp_min(1.0)

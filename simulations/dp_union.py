@@ -31,13 +31,12 @@ import torch
 from opacus import GradSampleModule
 
 from client.privacy import secure_seed
-from client.train import _clipped_sum, _groups
+from client.train import _clipped_sum, _groups, dp_samples
 from server.evaluation import central_p1
 from shared.config import TrainConfig
 from shared.model import PERSONAL_PREFIXES, Recommender
 from shared.privacy import PrivacyConfig, epsilon_of, plan_noise
 from shared.splits import Split
-from shared.training import Sequences, make_batch, sample_losses
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,8 @@ def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str,
     gen = torch.Generator().manual_seed(secure_seed())
     sigma = plan_noise(pcfg, num_rounds=run.rounds, fraction=run.fraction)
     std = sigma * pcfg.total_clip()
-    seqs = Sequences.from_lists(split.train)
-    users, steps = seqs.samples()
+    samples = dp_samples(split, pcfg)
+    owners = samples.owners()
     num_users = split.num_users
     model.scale.requires_grad_(False)
     groups = _groups(model, pcfg)
@@ -87,29 +86,26 @@ def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str,
         m = max(1, int(num_users * run.fraction))
         cohort = np.sort(exp_rng.choice(num_users, size=m, replace=False))
         # a device whose next round would pass the target refuses (check_budget); it is not in the sum
-        nxt = np.array([epsilon_of([(sigma, pcfg.sample_rate, int(k) + 1)], pcfg.delta) for k in participation[cohort]])
+        nxt = np.array(
+            [
+                epsilon_of([(sigma, pcfg.sample_rate, int(k) + 1, pcfg.group())], pcfg.delta)
+                for k in participation[cohort]
+            ]
+        )
         cohort = cohort[nxt <= pcfg.target_epsilon * (1 + 1e-9)] if pcfg.target_epsilon > 0 else cohort
         if len(cohort) == 0 or (pcfg.mode == "distributed" and len(cohort) < pcfg.min_shares):
             rows.append({"round": rnd, "skipped": "too few devices"})
             continue
         participation[cohort] += 1
-        in_cohort = np.isin(users, cohort)
-        pick = np.flatnonzero(in_cohort & (torch.rand(len(users), generator=gen).numpy() < pcfg.sample_rate))
+        in_cohort = np.isin(owners, cohort)
+        pick = np.flatnonzero(in_cohort & (torch.rand(len(samples), generator=gen).numpy() < pcfg.sample_rate))
         sums = {id(p): torch.zeros_like(p) for ps in groups.values() for p in ps}
         gsm.train()
         for s in range(0, len(pick), run.chunk):
             idx = pick[s : s + run.chunk]
-            b = make_batch(
-                seqs,
-                users[idx],
-                steps[idx],
-                history_len=None,
-                negatives=run.tcfg.negatives,
-                num_items=split.num_items,
-                rng=exp_rng,
-            )
             model.zero_grad(set_to_none=True)
-            sample_losses(gsm(b["users"], None, b["candidates"]), run.tcfg.loss, run.tcfg.temperature).sum().backward()
+            per = samples.losses(model, gsm, idx, tcfg=run.tcfg, num_items=split.num_items, rng=exp_rng)
+            per.sum().backward()
             _clipped_sum(groups, pcfg.clip_norms())
             for ps in groups.values():
                 for p in ps:
@@ -143,7 +139,8 @@ def _evaluate(
     model: Recommender, split: Split, rnd: int, sigma: float, participation: np.ndarray, pcfg: PrivacyConfig
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"round": rnd, **central_p1(model, split, "val"), **central_p1(model, split, "test")}
-    row["epsilon"] = epsilon_of([(sigma, pcfg.sample_rate, int(participation.max()))], pcfg.delta) if rnd else 0.0
+    steps = int(participation.max())
+    row["epsilon"] = epsilon_of([(sigma, pcfg.sample_rate, steps, pcfg.group())], pcfg.delta) if steps else 0.0
     row["noise-multiplier"] = sigma
     row["eval"] = "experimenter"
     return row

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import pytest
 from fedfixtures import fed_config, make_context, make_message  # noqa: F401
 from flwr.app import Context, RecordDict
@@ -259,3 +260,21 @@ def test_the_servers_learning_rate_schedule_reaches_the_local_optimiser(fed_conf
         up = reply.content.array_records["arrays"]["items.proj.weight"].numpy().astype(np.float32)
         moved[scale] = float(np.abs(up - glob["items.proj.weight"]).max())
     assert moved[1e-4] < 0.01 * moved[1.0]
+
+
+def test_a_frozen_tower_is_the_same_public_start_on_every_device_and_the_server(fed_config: dict) -> None:  # noqa: F811
+    from server.config import parse_server_config
+    from server.loop import initial_model
+    from shared.pipeline import prepare
+
+    cfg = _dp_cfg(fed_config)
+    srv = initial_model(parse_server_config(cfg), prepare(parse_run_config(cfg).core, progress=False))
+    assert set(srv.shared_state()) == {"items.bias.weight"}  # only the bias is trained and uploaded
+    for part in (0, 3):
+        ctx = make_context(cfg, partition=part, partitions=4)
+        reply = capp.train(make_message("train", {"items.bias.weight": srv.items.bias.weight.detach().numpy()}), ctx)
+        assert set(reply.content.array_records["arrays"]) == {"items.bias.weight"}
+    from client.handlers import _setup
+
+    dev = _setup(make_context(cfg, partition=2, partitions=4))[-1]
+    torch.testing.assert_close(dev.items.proj.weight, srv.items.proj.weight)

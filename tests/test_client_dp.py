@@ -85,7 +85,7 @@ def test_adapter_weights_change_under_dp() -> None:
     for name in ("items.adapter.down.weight", "items.adapter.up.weight", "items.proj.weight", "user.personal.weight"):
         assert not torch.equal(before[name], after[name]), f"{name} did not change under DP-SGD"
     assert res.steps == 8 and res.epsilon > 0
-    assert privacy.history == [(1.0, 0.25, 8)]
+    assert privacy.history == [(1.0, 0.25, 8, 1)]
 
 
 def test_adapter_weights_learn_under_dp_not_only_from_noise() -> None:
@@ -150,7 +150,7 @@ def test_empty_poisson_batch_is_a_noise_only_step() -> None:
     # 3 examples at rate 0.2: an empty batch has probability 0.512 per step
     res = train_dp(model, data, privacy, lcfg=LocalConfig(), tcfg=TCFG, pcfg=_dp(sample_rate=0.2), test_seed=3)
     assert res.steps == 5 and np.isfinite(res.loss) and res.epsilon > 0
-    assert privacy.history == [(1.0, 0.2, 5)]
+    assert privacy.history == [(1.0, 0.2, 5, 1)]
     for p in model.parameters():
         assert torch.isfinite(p).all()
 
@@ -172,7 +172,7 @@ def test_noise_is_planned_from_public_settings_only() -> None:
     assert 0 < s1 < s2
     assert planned_participations(40, 1.0) == 40 and 10 < planned_participations(40, 0.25) < 40
     # the plan holds: those many steps at that noise spend about the target
-    assert NodePrivacy(s2, [(s2, 0.1, 40 * 10)]).epsilon(1e-5) == pytest.approx(4.0, rel=0.02)
+    assert NodePrivacy(s2, [(s2, 0.1, 40 * 10, 1)]).epsilon(1e-5) == pytest.approx(4.0, rel=0.02)
 
 
 def test_dp_refuses_bert_top_layers_by_name() -> None:
@@ -189,7 +189,7 @@ def test_dp_run_config_switches_to_the_personal_user_mode(fed_config: dict) -> N
     assert parse_run_config(fed_config).model.user_mode == "history"
     data = load_node_data(parse_node_config({"partition-id": 0, "num-partitions": 4}), rc.core)
     assert build_model(rc.model, data).cfg.user_mode == "personal"
-    assert replace(rc.core.model, user_mode="personal") == rc.model
+    assert rc.dp.dp_model(rc.core.model) == rc.model and rc.model.item_bias and not rc.model.train_tower
 
 
 def test_distributed_shares_carry_their_part_of_the_noise() -> None:
@@ -220,3 +220,45 @@ def test_distributed_dp_needs_secure_aggregation() -> None:
     with pytest.raises(ConfigError, match="dp.mode"):
         parse_run_config(base)
     assert parse_run_config({**base, "fed.secagg": True}).dp.mode == "distributed"
+
+
+def test_session_samples_change_by_one_when_one_interaction_changes() -> None:
+    from shared.training import sessions
+
+    items = [np.array([5, 6, 7, 8, 9])]
+    ts = [np.array([0, 10, 70, 75, 200])]  # 60 s buckets: {5, 6} {7, 8} {9}
+    rows, owner = sessions(items, ts, seconds=60, cap=4)
+    assert rows.tolist() == [[5, 6, -1, -1], [7, 8, -1, -1], [9, -1, -1, -1]] and owner.tolist() == [0, 0, 0]
+    # removing one interaction changes exactly one session (buckets are fixed in time, not by the data)
+    fewer, _ = sessions([np.array([5, 6, 8, 9])], [np.array([0, 10, 75, 200])], seconds=60, cap=4)
+    assert sum(a != b for a, b in zip(map(tuple, rows), map(tuple, fewer), strict=True)) == 1
+
+
+def test_session_accounting_is_the_group_of_two_bound() -> None:
+    from shared.privacy import epsilon_of
+
+    one = epsilon_of([(1.0, 0.1, 50, 1)], 1e-5)
+    two = epsilon_of([(1.0, 0.1, 50, 2)], 1e-5)
+    assert one < two < 4 * one + 12  # a group of two costs more than one sample, and stays finite
+    cfg = PrivacyConfig(enabled=True, target_epsilon=8.0, sample="session", sample_rate=0.1, local_steps=1)
+    sigma = plan_noise(cfg, num_rounds=50, fraction=1.0)
+    assert epsilon_of([(sigma, 0.1, 50, 2)], cfg.delta) <= 8.0 < epsilon_of([(sigma * 0.9, 0.1, 50, 2)], cfg.delta)
+
+
+def test_session_losses_give_exact_per_session_gradients() -> None:
+    from shared.training import session_losses
+
+    data = _tiny_node(lengths=(12,))
+    model = Recommender(replace(MCFG, item_bias=True, train_personal=False), data.cache, 1)
+    model.scale.requires_grad_(False)
+    rows = torch.tensor([[3, 4, 5, -1], [6, -1, -1, -1], [7, 8, 9, 10]])
+    neg = torch.tensor([[11, 12], [13, 14], [15, 16]])
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    session_losses(model, rows, neg, 0.1).sum().backward()
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    per_sample = {n: p.grad_sample.clone() for n, p in named.items()}
+    gsm._close()
+    for i in range(3):
+        ref = torch.autograd.grad(session_losses(model, rows[i : i + 1], neg[i : i + 1], 0.1).sum(), list(named.values()))
+        for (n, _), g in zip(named.items(), ref, strict=True):
+            torch.testing.assert_close(per_sample[n][i], g, atol=1e-5, rtol=1e-4, msg=n)

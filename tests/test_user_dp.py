@@ -278,7 +278,7 @@ def test_the_servers_record_level_epsilon_is_the_devices_accountants() -> None:
         assert e == pytest.approx(epsilon_of([round_entry(cfg, 1.1)] * r, cfg.delta), rel=1e-9)
     dist = PrivacyConfig(enabled=True, mode="distributed", noise_multiplier=1.1, sample_rate=0.02)
     assert record_dp_epsilon(dist, noise_multiplier=1.1, participations=3) == pytest.approx(
-        epsilon_of([(1.1, 0.02, 1)] * 3, dist.delta), rel=1e-9
+        epsilon_of([(1.1, 0.02, 1, 1)] * 3, dist.delta), rel=1e-9
     )  # one step per round
     with pytest.raises(ValueError, match="participations"):
         record_dp_epsilon(cfg, noise_multiplier=1.1, participations=-1)
