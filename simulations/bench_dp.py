@@ -113,10 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve:
         points = {}
         for eps in CURVE_EPSILONS:
-            ov = {**PRESETS["fed-dp-eps8"], "dp.target-epsilon": eps} if eps else {**PRESETS["fed-dp-eps8"], "dp.noise-multiplier": 1e-6}
+            ov = (
+                {**PRESETS["fed-dp-eps8"], "dp.target-epsilon": eps}
+                if eps
+                else {**PRESETS["fed-dp-eps8"], "dp.noise-multiplier": 1e-6}
+            )
             points["inf" if not eps else f"{eps:g}"] = figures(f"curve eps={eps or 'inf'}", ov)
         merge_summary(_dataset_key(args.dataset, {"privacy_utility": points}), summary)
-        plot_curve(points, out_dir / ("privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"))
+        plot_curve(
+            points,
+            out_dir / ("privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"),
+        )
     if args.ablation:
         table = {name: figures(f"ablation {name}", ov) for name, ov in ABLATION.items()}
         merge_summary(_dataset_key(args.dataset, {"dp_ablation": table}), summary)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 import pytest
+import torch
 from fedfixtures import fed_config, make_context, make_message  # noqa: F401
 from flwr.app import Context, RecordDict
 
