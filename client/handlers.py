@@ -55,8 +55,26 @@ def _setup(context: Context) -> tuple[ClientRunConfig, NodeSpec, NodeData, Path,
             log.info("node state restored from %s", state_path)
     model = build_model(rc.model, data, seed=int(context.node_id) % (2**31))
     if not rc.model.train_tower:  # a frozen tower is never broadcast: rebuild its public start (PCA of the catalogue)
-        pca_init_projection(model)
+        _public_start(model, data)
     return rc, spec, data, state_path, model
+
+
+_PCA: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _public_start(model: Recommender, data: NodeData) -> None:
+    """Set the PCA projection of the public catalogue (the frozen tower's start).
+
+    Computed once per process and catalogue: a simulated worker serves thousands of nodes.
+    """
+    key = (id(data.cache), model.cfg.dim)
+    if key not in _PCA:
+        pca_init_projection(model)
+        _PCA[key] = (model.items.proj.weight.detach().clone(), model.items.proj.bias.detach().clone())
+    w, b = _PCA[key]
+    with torch.no_grad():
+        model.items.proj.weight.copy_(w)
+        model.items.proj.bias.copy_(b)
 
 
 def _train_private(

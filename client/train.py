@@ -220,12 +220,19 @@ class DPSamples:
         return sample_losses(gsm(b["users"], None, b["candidates"]), tcfg.loss, tcfg.temperature)
 
 
-def dp_samples(split: Split, pcfg: PrivacyConfig) -> DPSamples:
-    """The samples a DP device trains on, from at most 1/(10·δ) interactions (its newest ones)."""
+def dp_samples(split: Split, pcfg: PrivacyConfig, *, one_device_per_user: bool = False) -> DPSamples:
+    """The samples a DP device trains on, from at most 1/(10·δ) interactions (its newest ones).
+
+    ``one_device_per_user``: every user of ``split`` is a device of its own (the union simulation),
+    so the cap applies to each user.
+    """
     cap = max_examples(pcfg.delta)
     lists, ts_lists = list(split.train), list(split.train_ts)
     total = sum(len(x) for x in lists)
-    if total > cap:  # keep the newest cap interactions (each user's list is in time order)
+    if one_device_per_user:
+        lists = [x[len(x) - min(len(x), cap) :] for x in lists]
+        ts_lists = [np.asarray(t)[len(t) - min(len(t), cap) :] for t in ts_lists]
+    elif total > cap:  # keep the newest cap interactions (each user's list is in time order)
         keep_flat = np.zeros(total, bool)
         keep_flat[np.argsort(np.concatenate(ts_lists), kind="stable")[total - cap :]] = True
         bounds = np.cumsum([0, *[len(x) for x in lists]])

@@ -95,6 +95,7 @@ class PrivacyConfig:
         return replace(
             model,
             user_mode="personal",
+            dropout=0.0,  # the DP noise regularises; dropout would only add noise to the per-sample scores
             item_bias=self.item_bias,
             train_tower=self.train_tower,
             train_personal=self.train_personal,

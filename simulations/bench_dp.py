@@ -27,17 +27,21 @@ from typing import Any
 from client.config import parse_run_config
 from server.config import parse_server_config
 from server.loop import initial_model
+from shared.checkpoint import save_checkpoint
 from shared.pipeline import prepare
 from simulations.dp_union import UnionRun, run_union
-from simulations.presets import ABLATION, CURVE_EPSILONS, DP_SUMMARY_KEYS, PRESETS
+from simulations.presets import ABLATION, CURVE_BASES, CURVE_EPSILONS, DP_SUMMARY_KEYS, PRESETS
 from simulations.results import merge_summary, provenance
 from simulations.runner import REPO, run_config
 
 log = logging.getLogger(__name__)
 
 
-def run_dp(overrides: dict[str, Any]) -> dict[str, Any]:
-    """One in-process DP federation; returns its figures (test at the best validation round)."""
+def run_dp(overrides: dict[str, Any], checkpoint: Path | None = None) -> dict[str, Any]:
+    """One in-process DP federation; returns its figures (test at the best validation round).
+
+    ``checkpoint``: where to save the best validation round's model (what the audit attacks).
+    """
     cfg = run_config(overrides)
     crc, src = parse_run_config(cfg), parse_server_config(cfg)
     prep = prepare(crc.core, progress=False)
@@ -54,6 +58,8 @@ def run_dp(overrides: dict[str, Any]) -> dict[str, Any]:
     )
     t0 = time.time()
     rows = run_union(model, prep.split, run)
+    if checkpoint is not None:
+        save_checkpoint(model, prep.dataset.catalogue.ids, checkpoint, meta={"settings": dict(overrides)})
     scored = [r for r in rows if "val-hr@10" in r and r["round"] > 0]
     best = max(scored, key=lambda r: r["val-hr@10"] + r["val-ndcg@10"])
     return {
@@ -90,18 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=0, help="shorter runs (written under runs/, not results/)")
     ap.add_argument("--results", default=str(REPO / "results"))
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     documented = args.rounds == 0
     out_dir = Path(args.results) if documented else REPO / "runs" / "bench_dp"
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = out_dir / "summary.json"
     base = {"data.dataset": args.dataset}
 
-    def figures(name: str, ov: dict[str, Any]) -> dict[str, Any]:
+    def figures(name: str, ov: dict[str, Any], keep: bool = False) -> dict[str, Any]:
         ov = {**ov, **base}
         if args.rounds:
             ov["num-server-rounds"] = args.rounds
-        fig = run_dp(ov)
+        where = out_dir / "fed" / (name if args.dataset == "ml-100k" else f"{args.dataset}-{name}") / "checkpoint"
+        fig = run_dp(ov, where if keep else None)
         fig["provenance"] = provenance(ov)
         log.info("%s: %s", name, json.dumps({k: v for k, v in fig.items() if k not in ("settings", "curve")}))
         return fig
@@ -109,43 +116,50 @@ def main(argv: list[str] | None = None) -> int:
     for name in [p for p in args.presets.split(",") if p]:
         if name not in PRESETS:
             ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        merge_summary(_dataset_key(args.dataset, {"runs": {name: figures(name, PRESETS[name])}}), summary)
+        merge_summary(_dataset_key(args.dataset, {"runs": {name: figures(name, PRESETS[name], keep=True)}}), summary)
     if args.curve:
-        points = {}
-        for eps in CURVE_EPSILONS:
-            ov = (
-                {**PRESETS["fed-dp-eps8"], "dp.target-epsilon": eps}
-                if eps
-                else {**PRESETS["fed-dp-eps8"], "dp.noise-multiplier": 1e-6}
-            )
-            points["inf" if not eps else f"{eps:g}"] = figures(f"curve eps={eps or 'inf'}", ov)
-        merge_summary(_dataset_key(args.dataset, {"privacy_utility": points}), summary)
-        plot_curve(
-            points,
-            out_dir / ("privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"),
-        )
+        curves: dict[str, dict[str, Any]] = {}
+        for route, preset in CURVE_BASES.items():
+            points = {}
+            for eps in CURVE_EPSILONS:
+                # ε = ∞: the same recipe with (almost) no noise
+                ov = (
+                    {**PRESETS[preset], "dp.target-epsilon": eps}
+                    if eps
+                    else {
+                        **PRESETS[preset],
+                        "dp.target-epsilon": 0.0,
+                        "dp.noise-multiplier": 1e-6,
+                    }
+                )
+                points["inf" if not eps else f"{eps:g}"] = figures(f"curve {route} eps={eps or 'inf'}", ov)
+            curves[route] = points
+            merge_summary(_dataset_key(args.dataset, {"privacy_utility": {route: points}}), summary)
+        name = "privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"
+        plot_curve(curves, out_dir / name)
     if args.ablation:
         table = {name: figures(f"ablation {name}", ov) for name, ov in ABLATION.items()}
         merge_summary(_dataset_key(args.dataset, {"dp_ablation": table}), summary)
     return 0
 
 
-def plot_curve(points: dict[str, dict[str, Any]], path: Path) -> None:
-    """HR@10 against ε (∞ = the same recipe without noise), log-scaled ε axis."""
+def plot_curve(curves: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """P1 test HR@10 against ε for each route (dashed: the same recipe without noise), log-scaled ε."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = sorted((float(k), v["hr@10"]) for k, v in points.items() if k != "inf")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([e for e, _ in finite], [h for _, h in finite], "o-", label="record-level DP (ε, δ=1e-5)")
-    if "inf" in points:
-        ax.axhline(points["inf"]["hr@10"], ls="--", c="gray", label="same recipe, no noise (ε = ∞)")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (route, points), color in zip(curves.items(), ("C0", "C1"), strict=False):
+        finite = sorted((float(k), v["hr@10"]) for k, v in points.items() if k != "inf")
+        ax.plot([e for e, _ in finite], [h for _, h in finite], "o-", color=color, label=f"{route} DP-SGD")
+        if "inf" in points:
+            ax.axhline(points["inf"]["hr@10"], ls="--", color=color, lw=0.8, label=f"{route}, no noise (ε = ∞)")
     ax.set_xscale("log")
-    ax.set_xlabel("ε (per interaction)")
-    ax.set_ylabel("P1 test HR@10")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("ε per interaction (δ = 1e-5)")
+    ax.set_ylabel("P1 test HR@10 (ml-100k)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

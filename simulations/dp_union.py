@@ -60,7 +60,10 @@ class UnionRun:
 
 
 def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str, Any]]:
-    """Train ``model`` (its personal table has one row per user = device) and evaluate; returns rows."""
+    """Train ``model`` (its personal table has one row per user = device) and evaluate; returns rows.
+
+    ``model`` ends with the parameters of its best validation round (experimenter selection).
+    """
     pcfg = run.pcfg
     if pcfg.local_steps not in (0, 1) or (pcfg.mode == "local" and pcfg.steps_per_round() != 1):
         raise ValueError("the union simulation needs one DP step per device per round (dp.local-steps = 1)")
@@ -68,7 +71,7 @@ def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str,
     gen = torch.Generator().manual_seed(secure_seed())
     sigma = plan_noise(pcfg, num_rounds=run.rounds, fraction=run.fraction)
     std = sigma * pcfg.total_clip()
-    samples = dp_samples(split, pcfg)
+    samples = dp_samples(split, pcfg, one_device_per_user=True)
     owners = samples.owners()
     num_users = split.num_users
     model.scale.requires_grad_(False)
@@ -81,6 +84,7 @@ def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str,
     participation = np.zeros(num_users, np.int64)
     rows = [_evaluate(model, split, 0, sigma, participation, pcfg)]
     t0 = time.time()
+    best_val, best_state = -1.0, None
     share_copies = 1.0 if pcfg.mode == "local" else 1.0 / pcfg.min_shares
     for rnd in range(1, run.rounds + 1):
         m = max(1, int(num_users * run.fraction))
@@ -130,8 +134,13 @@ def run_union(model: Recommender, split: Split, run: UnionRun) -> list[dict[str,
             row = _evaluate(model, split, rnd, sigma, participation, pcfg)
             row["seconds"] = time.time() - t0
             rows.append(row)
+            if row["val-hr@10"] + row["val-ndcg@10"] > best_val:  # the best validation round's model is kept
+                best_val = row["val-hr@10"] + row["val-ndcg@10"]
+                best_state = {k: v.clone() for k, v in model.public_state().items()}
             log.info("round %d: %s", rnd, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
     gsm._close()
+    if best_state is not None:
+        model.load_partial(best_state)
     return rows
 
 

@@ -34,6 +34,10 @@ def fed_config(tmp_path: Path, tiny_bert: str) -> dict[str, Any]:
             "fed.max-update-norm": 0.0,
             "fed.fraction-train": 1.0,
             "fed.eval-every": 1,
+            # the non-private mode (the pyproject default is private; DP tests switch it on themselves)
+            "dp.enabled": False,
+            "local.optimizer": "adam",
+            "local.lr": 0.01,
         }
     )
 

@@ -63,6 +63,7 @@ def _dp_cfg(base: dict, **kw: Any) -> dict[str, Any]:
         "num-server-rounds": 3,
         "dp.sample-rate": 0.25,
         "dp.expected-batch": 4.0,
+        "dp.local-steps": 0,  # one expected pass per round: 1 / sample-rate steps
         **kw,
     }
 
