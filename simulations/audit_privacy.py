@@ -1,33 +1,62 @@
-"""Privacy audit: membership inference on the global model and leakage from one client's upload.
+"""Privacy audit of the presets' own trained models: membership inference, upload leakage, noise replay.
 
-Training here is in-process FedAvg over the real client functions (:func:`client.train.train_plain`
-/ :func:`client.train.train_dp`, the noise planned by :func:`client.privacy.plan_noise`, ε from the
-Opacus RDP accountant), so the DP mechanism audited is exactly the one the ClientApp runs.
+Nothing here trains a stand-in: the audited models are the checkpoints the benchmarks leave under
+``results/fed/<preset>/checkpoint`` (:func:`preset_checkpoints`), read back exactly as the serving
+API reads them (:class:`shared.serving.ServingModel`), and the device rounds are the client's own
+functions (:func:`client.train.train_plain` / :func:`client.train.train_dp`) with each preset's
+settings (:mod:`simulations.presets`).
 
-Membership inference (the attacker holds the global model and knows a user's two most recent
-items, which are never trained on):
+**Membership inference** (:func:`membership_inference`; the attacker holds the served model and some
+of a target user's interactions, and asks whether a candidate item was in that user's training data).
+Per attacked user: *members* are training interactions, *non-members* as many catalogue items the user
+never interacted with (seeded), and, as a control, the user's two *held-out* interactions (validation
+and test: real interactions of the user that no preset trains on). What the attacker knows:
 
-* ``score``: threshold on the item's score for the user vector built from the known items;
-* ``calibrated`` (reference model, LiRA-style offline): the same score minus the score under a
-  reference model trained by the same recipe on a disjoint half of the users. Users are split in
-  halves A and B; the model of A is the target for A's users and the reference for B's, and vice
-  versa, so every attacked user has a target that saw it and a reference that did not;
-* ``item-calibrated``: the score minus the item's mean score over all attacked users.
+* ``recent``: the user's ``recent`` newest interactions other than the candidate;
+* ``history``: every interaction of the user except the candidate (for a never-interacted candidate one
+  random training item is left out too, so that every known history has the same length).
 
-Members are a user's training interactions; non-members an equal number of items the user never
-interacted with. AUC is the Mann–Whitney statistic, advantage the largest TPR − FPR.
+The user vector is :meth:`ServingModel.user_vector` of the known items (what the API computes from a
+request's history) and the candidate's score is what the API would return. Attacks:
 
-Upload leakage (the honest-but-curious server sees one client's upload in the clear): a one-user
-device trains one round from the global model; the server ranks catalogue items by how much the
-upload raises them and scores precision@10 against the user's training items.
+* ``score``: threshold on that score;
+* ``user_calibrated``: the score as a z-score against the same user vector's scores over ``ref_items``
+  catalogue items drawn at random (the attacker cannot tell which of them the user had);
+* ``item_calibrated``: the score minus the item's mean score over every attacked user's vector
+  (removes what is true of the item for everyone, e.g. popularity);
+* ``calibrated``: both (the item-centred score, z-scored per user against random items);
+* ``reference``: the score minus the same candidate's score under the preset's public start (its
+  round-0 model, built from the public catalogue and trained on nobody): what training added.
+
+Each attack reports ``auc`` (members against non-members), ``auc_heldout`` (the same attack with the
+user's held-out interactions in place of the members: what taste and popularity give *without* the
+item having been trained on), ``auc_member_vs_heldout`` (members against held-out interactions) and
+``auc_newest_vs_heldout`` (the user's two newest training interactions against its two held-out
+ones, their neighbours in time: 0.5 = training on an item made no difference to its score).
+AUC is the Mann–Whitney statistic, advantage the largest TPR − FPR.
+
+**Upload leakage** (:func:`upload_leakage`; the honest-but-curious server sees one device's upload in
+the clear): a one-user device trains one round from the preset's model with the preset's local
+settings (under DP: its σ, sampling rate, steps, clipping and normaliser); the server ranks catalogue
+items by how much the upload raises them and scores precision@10 against the user's training items.
+
+**Noise replay** (:func:`replay_attack`; the server tries to regenerate a device's DP noise and
+subtract it): under the old seeding the device's randomness came from ``(node_id · 1_000_003 + round)
+mod 2³¹`` (:func:`old_dp_seed`), which the server knows; now it comes from OS entropy. The attack
+replays the round with every seed it can derive and measures how close it gets to the real upload and
+to the clean (noise-free) update.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import logging
-import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,16 +65,19 @@ import torch
 from client.config import ClientRunConfig, LocalConfig, PrivacyConfig
 from client.data import NodeData, subset_split
 from client.privacy import NodePrivacy, plan_noise
-from client.train import build_model, train_dp, train_plain
-from shared.config import ModelConfig
+from client.train import _groups, build_model, dp_samples, train_dp, train_plain
+from shared.config import ModelConfig, TrainConfig
 from shared.model import Recommender
 from shared.pipeline import Prepared
-from shared.splits import Split, partition_users
+from shared.serving import ServingModel
+from shared.splits import Split
 
 log = logging.getLogger(__name__)
 
-RUNS = ("fed", "fed-dp-eps8", "fed-dp-eps1")
-RUN_EPSILON = {"fed": 0.0, "fed-dp-eps8": 8.0, "fed-dp-eps1": 1.0}
+#: presets whose models membership inference audits (``fed`` = the non-private reference)
+MIA_PRESETS = ("fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-sdp-eps8", "fed-sdp-eps1")
+#: presets whose single upload the server sees in the clear (``fed-sdp-*`` uploads only inside SecAgg+)
+LEAK_PRESETS = ("fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1")
 
 
 # --------------------------------------------------------------------------- attack statistics
@@ -95,220 +127,249 @@ def random_precision(num_true: int, num_items: int) -> float:
     return num_true / num_items
 
 
-# --------------------------------------------------------------------------- in-process FedAvg
+# --------------------------------------------------------------------------- the presets' models
 
 
-@dataclass
-class AuditRun:
-    """Settings of the audit's federated trainings (a reduced but honest configuration)."""
-
-    rounds: int = 5
-    nodes_per_half: int = 8
-    local: LocalConfig = dataclasses.field(default_factory=lambda: LocalConfig(batch_size=64))
-    seed: int = 0
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "rounds": self.rounds,
-            "nodes-per-half": self.nodes_per_half,
-            "local": dataclasses.asdict(self.local),
-            "seed": self.seed,
-        }
+def checkpoint_dir(preset: str, results: Path) -> Path:
+    """Where the benchmarks leave ``preset``'s trained model."""
+    return results / "fed" / preset / "checkpoint"
 
 
-def half_split(num_users: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of user positions (seeded)."""
-    perm = np.random.default_rng(seed).permutation(num_users)
-    h = num_users // 2
-    return np.sort(perm[:h]), np.sort(perm[h:])
+def make_command(preset: str) -> str:
+    """The documented command that trains ``preset`` and writes its checkpoint."""
+    from simulations.presets import DP_SUMMARY_KEYS
+
+    if preset in DP_SUMMARY_KEYS:
+        return f"python -m simulations.bench_dp --presets {preset}"
+    return f"python -m simulations.bench_fed --presets {preset}"
 
 
-def fedavg_train(
-    prep: Prepared,
-    users: np.ndarray,
-    rc: ClientRunConfig,
-    run: AuditRun,
-    *,
-    epsilon: float,
-) -> tuple[Recommender, dict[str, Any]]:
-    """FedAvg over ``run.nodes_per_half`` nodes holding ``users``; DP-SGD on every node when ε > 0.
+def preset_checkpoints(presets: tuple[str, ...], results: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The presets' checkpoint directories that exist, and a message for each one that does not."""
+    found: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    for name in presets:
+        d = checkpoint_dir(name, results)
+        if (d / "fedxrec.json").is_file():
+            found[name] = d
+        else:
+            missing[name] = f"no checkpoint at {d}: train it with `{make_command(name)}`"
+    return found, missing
 
-    Returns the global model (personal user mode under DP, as the ServerApp aggregates it) and stats.
-    """
-    dp = epsilon > 0
-    pcfg = dataclasses.replace(rc.dp, enabled=dp, target_epsilon=epsilon)
-    mcfg = dataclasses.replace(rc.core.model, user_mode="personal") if dp else rc.core.model
-    parts = [users[p] for p in partition_users(len(users), run.nodes_per_half)]
-    nodes = [NodeData(subset_split(prep.split, p), prep.cache, prep.backbone) for p in parts]
-    torch.manual_seed(run.seed)
-    glob = Recommender(mcfg, prep.cache, 1, prep.backbone)
-    personal: list[dict[str, torch.Tensor] | None] = [None] * len(nodes)
-    privacy = [
-        NodePrivacy(
-            noise_multiplier=plan_noise(pcfg, num_rounds=run.rounds, fraction=1.0)
-        )
-        if dp
-        else None
-        for nd in nodes
-    ]
-    eps: list[float] = [0.0] * len(nodes)
-    t0 = time.time()
-    for rnd in range(1, run.rounds + 1):
-        acc: dict[str, torch.Tensor] = {}
-        total = 0
-        for i, nd in enumerate(nodes):
-            model = build_model(mcfg, nd, seed=run.seed + i)
-            model.load_partial(glob.shared_state())
-            if personal[i] is not None:
-                model.load_partial(personal[i])  # type: ignore[arg-type]
-            rng = np.random.default_rng((run.seed * 1_000_003 + i) * 1000 + rnd)
-            if dp:
-                p = privacy[i]
-                assert p is not None
-                res = train_dp(model, nd, p, lcfg=run.local, tcfg=rc.core.train, pcfg=pcfg)
-                eps[i] = res.epsilon
-            else:
-                res = train_plain(model, nd, lcfg=run.local, tcfg=rc.core.train, rng=rng)
-            personal[i] = {k: v.clone() for k, v in model.personal_state().items()}
-            # the upload travels as float16 (local.upload-dtype), the aggregate is float32
-            up = {k: v.to(torch.float16).float() for k, v in model.shared_state().items()}
-            for k, v in up.items():
-                acc[k] = acc.get(k, 0) + v * res.num_examples
-            total += res.num_examples
-        glob.load_partial({k: v / total for k, v in acc.items()})
-        log.info("audit fedavg eps=%s round %d/%d (%.0fs)", epsilon, rnd, run.rounds, time.time() - t0)
-    stats = {
-        "users": int(len(users)),
-        "nodes": len(nodes),
-        "epsilon-max": float(max(eps)),
-        "noise-multiplier-mean": float(np.mean([p.noise_multiplier for p in privacy if p])) if dp else 0.0,
-        "seconds": round(time.time() - t0, 1),
-    }
-    return glob, stats
+
+def check_catalogue(item_ids: list[int], catalogue_ids: list[int], where: Path) -> None:
+    """The checkpoint's rows must be the catalogue's rows in order (the split is in catalogue rows)."""
+    if list(item_ids) != list(catalogue_ids):
+        raise ValueError(f"{where}: its item ids are not the prepared catalogue's (another dataset or split?)")
+
+
+def global_model(ck: Any, prep: Prepared) -> Recommender:
+    """A one-user :class:`Recommender` holding a checkpoint's shared parameters (the global model)."""
+    model = Recommender(ck.config, prep.cache, 1, prep.backbone)
+    model.load_partial({k: v.float() for k, v in ck.shared.items()})
+    return model
+
+
+@torch.no_grad()
+def serving_of(model: Recommender, item_ids: list[int]) -> ServingModel:
+    """The served form of an in-memory model (what a checkpoint of it would serve)."""
+    from shared.checkpoint import Checkpoint
+
+    model.eval()
+    vecs, bias = model.all_item_vectors()
+    shared = {k: v.clone() for k, v in model.public_state().items()}
+    return ServingModel(Checkpoint(model.cfg, shared, vecs.clone(), bias.clone(), list(item_ids), {}))
 
 
 # --------------------------------------------------------------------------- membership inference
 
 
-@torch.no_grad()
-def attacker_user_vectors(model: Recommender, known: np.ndarray) -> torch.Tensor:
-    """User vectors (B, D) from known item rows (B, L) (-1 padded) through the shared model only.
+@dataclass
+class MiaSettings:
+    """What the membership-inference attacker does (all public; stated in the provenance)."""
 
-    ``history`` mode: the shared recency/mix map with a zero personal vector (what the server or an
-    API user can compute); ``personal`` mode: the plain mean of the known items' vectors.
-    """
-    model.eval()
-    v, _ = model.all_item_vectors()
-    h = torch.as_tensor(known)
-    mask = h >= 0
-    hv = v[h.clamp_min(0)]
-    if model.cfg.user_mode == "history":
-        zeros = torch.zeros(len(h), dtype=torch.long)
-        return model.user(zeros, hv, mask) - model.user.personal(zeros)
-    w = mask.float() / mask.float().sum(1, keepdim=True).clamp_min(1.0)
-    return torch.einsum("bl,bld->bd", w, hv)
+    #: attacked users (0: every user of the split)
+    users: int = 0
+    #: members per attacked user (as many non-members; plus the two held-out interactions)
+    per_user: int = 20
+    #: ``recent`` knowledge: this many newest interactions of the user, the candidate left out
+    recent: int = 3
+    #: random catalogue items per user for the per-user calibration
+    ref_items: int = 200
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {
+            "members": "the user's training interactions (per-user sample)",
+            "non-members": "as many catalogue items the user never interacted with (uniform, seeded)",
+            "held-out control": "the user's validation and test interactions (never trained on), and its two "
+            "newest training interactions (their neighbours in time)",
+            "attacker-knows": {
+                "recent": f"the user's {self.recent} newest interactions other than the candidate",
+                "history": "every interaction of the user except the candidate (never-interacted candidates: "
+                "one random training item also left out, so every known history has the same length)",
+            },
+            "user-vector": "shared.serving.ServingModel.user_vector of the known items (what the API computes)",
+            "attacks": {
+                "score": "threshold on the served score",
+                "user_calibrated": f"z-score against the user's scores over {self.ref_items} random catalogue items",
+                "item_calibrated": "score minus the item's mean score over every attacked user's vector",
+                "calibrated": "item-centred, then z-scored per user against random items",
+                "reference": "score minus the score under the preset's public start (round-0 model, trained on "
+                "nobody) for the same known items",
+            },
+            "keys": {
+                "mia_auc": "membership: score attack, history knowledge, the user's two newest training "
+                "interactions against its two held-out ones (same user and taste, neighbours in time; "
+                "0.5 = training made no difference)",
+                "mia_score_auc": "score threshold, history knowledge: training items vs never-interacted items "
+                "(taste and membership together)",
+                "mia_auc_recent": "score attack, recent knowledge",
+                "mia_auc_calibrated": "calibrated attack (item-centred, per-user z-score), history knowledge",
+                "mia_auc_reference": "reference attack (minus the public start's score), history knowledge",
+                "mia_auc_heldout": "control: score attack, history knowledge, the user's held-out interactions "
+                "(never trained on) in place of the members",
+                "mia_auc_public_start": "control: score attack, history knowledge, on the preset's round-0 model "
+                "(public catalogue start, trained on nobody)",
+                "mia_advantage": "score attack, history knowledge: max TPR - FPR",
+            },
+        }
 
 
-@torch.no_grad()
-def pair_scores(model: Recommender, user_vecs: torch.Tensor, items: np.ndarray) -> np.ndarray:
-    """Scores of items (B, C) for user vectors (B, D)."""
-    v, b = model.all_item_vectors()
-    it = torch.as_tensor(items)
-    return (model.scale * torch.einsum("bd,bcd->bc", user_vecs, v[it]) + b[it]).numpy()
+#: candidate labels: a training interaction (sampled), a never-interacted item, a held-out interaction
+#: (validation or test), and one of the user's two newest training interactions (the held-out items'
+#: neighbours in time, for the membership control that compares like with like)
+MEMBER, NONMEMBER, HELDOUT, NEWEST = 1, 0, 2, 3
 
 
-def mia_pairs(
-    split: Split, users: np.ndarray, per_user: int, rng: np.random.Generator, *, known: str, history_len: int
+def timeline(split: Split, u: int) -> np.ndarray:
+    """All of user ``u``'s interactions, oldest first (training items, then validation and test)."""
+    held = [int(x) for x in (split.val[u], split.test[u]) if x >= 0]
+    return np.concatenate([split.train[u], np.array(held, np.int64)]).astype(np.int64)
+
+
+def mia_candidates(
+    split: Split, users: np.ndarray, per_user: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Attack pairs: candidate items (N,), membership labels (N,), what the attacker knows (N, L).
-
-    Per user, ``per_user`` distinct training items (members) and as many never-interacted items.
-    ``known``: ``recent`` = the user's two most recent items (validation and test, never trained
-    on); ``history`` = the user's other training items (the newest ``history_len``, the candidate
-    itself left out), as when part of a history is public or was shared elsewhere.
-    """
-    if known not in ("recent", "history"):
-        raise ValueError(f"known must be 'recent' or 'history', got {known!r}")
-    items, labels, hist = [], [], []
+    """Candidates (N,), labels (N,: :data:`MEMBER`, :data:`NONMEMBER`, :data:`HELDOUT`, :data:`NEWEST`), users (N,)."""
+    items, labels, owner = [], [], []
     for u in users:
-        tr = split.train[u]
-        seen = np.unique(np.concatenate([tr, [split.val[u], split.test[u]]]))
-        uniq = np.unique(tr)
+        u = int(u)
+        seen = np.unique(split.seen[u]) if split.seen is not None else np.unique(timeline(split, u))
+        seen = np.union1d(seen, timeline(split, u))
+        uniq = np.unique(split.train[u])
         mem = rng.choice(uniq, size=min(per_user, len(uniq)), replace=False)
         non = rng.choice(np.setdiff1d(np.arange(split.num_items), seen), size=len(mem), replace=False)
-        for item, label in [(i, 1) for i in mem] + [(i, 0) for i in non]:
-            if known == "recent":
-                row = np.array([split.val[u], split.test[u]])
-            else:
-                row = tr[tr != item][::-1][:history_len]  # newest first, the candidate left out
-            pad = np.full(history_len if known == "history" else 2, -1, np.int64)
-            pad[: len(row)] = row
-            items.append(item)
-            labels.append(label)
-            hist.append(pad)
-    return np.array(items), np.array(labels), np.stack(hist)
+        held = np.array([x for x in (split.val[u], split.test[u]) if x >= 0], np.int64)
+        held = held[~np.isin(held, split.train[u])]  # a re-watched item would be a member too
+        newest = np.unique(split.train[u][-len(held) :]) if len(held) else held
+        for arr, lab in ((mem, MEMBER), (non, NONMEMBER), (held, HELDOUT), (newest, NEWEST)):
+            items.extend(int(i) for i in arr)
+            labels.extend([lab] * len(arr))
+            owner.extend([u] * len(arr))
+    return np.array(items, np.int64), np.array(labels, np.int64), np.array(owner, np.int64)
 
 
-@torch.no_grad()
-def flat_scores(model: Recommender, known: np.ndarray, items: np.ndarray, batch: int = 2048) -> np.ndarray:
-    """Score of each candidate (N,) for the user vector built from its known items (N, L)."""
-    out = []
-    for s in range(0, len(items), batch):
-        uv = attacker_user_vectors(model, known[s : s + batch])
-        out.append(pair_scores(model, uv, items[s : s + batch, None]).ravel())
-    return np.concatenate(out)
+def known_items(
+    split: Split, u: int, item: int, label: int, knowledge: str, *, recent: int, rng: np.random.Generator
+) -> np.ndarray:
+    """What the attacker knows of user ``u`` when testing ``item`` (catalogue rows, oldest first)."""
+    line = timeline(split, u)
+    rest = line[line != item]  # members, newest and held-out candidates: the candidate left out
+    if knowledge == "recent":
+        return rest[-recent:]
+    if knowledge != "history":
+        raise ValueError(f"knowledge must be 'recent' or 'history', got {knowledge!r}")
+    if label == NONMEMBER and len(split.train[u]) > 1:  # same length as a member's known history
+        drop = int(rng.integers(len(split.train[u])))
+        keep = np.ones(len(rest), bool)
+        keep[drop] = False  # rest == line here: its first len(train) entries are the training items
+        rest = rest[keep]
+    return rest
+
+
+def attack_scores(
+    sm: ServingModel,
+    split: Split,
+    items: np.ndarray,
+    labels: np.ndarray,
+    owner: np.ndarray,
+    knowledge: str,
+    settings: MiaSettings,
+    reference: ServingModel | None = None,
+) -> dict[str, np.ndarray]:
+    """Every attack's score (N,) for each candidate, under ``knowledge``.
+
+    With a ``reference`` model (one that trained on nobody, e.g. the preset's public start) the
+    ``reference`` attack is the candidate's score minus its score under the reference, for the same
+    known items: what training added to the score (a LiRA-style offline reference-model attack).
+    """
+    rng = np.random.default_rng([settings.seed, 1 if knowledge == "history" else 2])
+    known = [
+        known_items(split, int(u), int(i), int(lab), knowledge, recent=settings.recent, rng=rng)
+        for i, lab, u in zip(items, labels, owner, strict=True)
+    ]
+    uv = np.stack([sm.user_vector(k) for k in known]).astype(np.float32)
+    score = sm.scale * np.einsum("nd,nd->n", uv, sm.vectors[items]) + sm.bias[items]
+    users = np.unique(owner)
+    # item means over one vector per attacked user (its known items, nothing left out)
+    base = np.stack(
+        [
+            sm.user_vector(
+                timeline(split, int(u))[-settings.recent :] if knowledge == "recent" else timeline(split, int(u))
+            )
+            for u in users
+        ]
+    ).astype(np.float32)
+    item_mean = (sm.scale * base @ sm.vectors.T + sm.bias[None, :]).mean(0)  # (num_items,)
+    centred = score - item_mean[items]
+    user_cal, cal = np.empty_like(score), np.empty_like(score)
+    for u in users:
+        idx = np.flatnonzero(owner == u)
+        # the user's reference items: uniform over the catalogue (the same for each of its candidates)
+        ref = rng.choice(sm.num_items, size=min(settings.ref_items, sm.num_items), replace=False)
+        rs = sm.scale * uv[idx] @ sm.vectors[ref].T + sm.bias[ref][None, :]  # (P, R)
+        rc = rs - item_mean[ref][None, :]
+        user_cal[idx] = (score[idx] - rs.mean(1)) / np.maximum(rs.std(1), 1e-9)
+        cal[idx] = (centred[idx] - rc.mean(1)) / np.maximum(rc.std(1), 1e-9)
+    out = {"score": score, "user_calibrated": user_cal, "item_calibrated": centred, "calibrated": cal}
+    if reference is not None:
+        rv = np.stack([reference.user_vector(k) for k in known]).astype(np.float32)
+        out["reference"] = score - (
+            reference.scale * np.einsum("nd,nd->n", rv, reference.vectors[items]) + reference.bias[items]
+        )
+    return out
 
 
 def membership_inference(
-    prep: Prepared,
-    models: dict[str, Recommender],
-    halves: tuple[np.ndarray, np.ndarray],
-    *,
-    users_per_half: int = 150,
-    per_user: int = 20,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Run the attacks; ``models`` = {"A": trained on halves[0], "B": trained on halves[1]}.
+    sm: ServingModel, split: Split, settings: MiaSettings, reference: ServingModel | None = None
+) -> dict[str, Any]:
+    """Every attack under both knowledges on one served model; ``auc`` etc. keyed ``<knowledge>.<attack>.*``.
 
-    Returns, per attacker knowledge (``recent``, ``history``), the score, calibrated and
-    item-calibrated AUC/advantage, plus the strongest calibrated attack as ``calibrated_auc`` /
-    ``calibrated_advantage``.
+    ``reference``: a model that trained on nobody, for the ``reference`` attack (:func:`attack_scores`).
     """
-    out: dict[str, float] = {}
-    hl = models["A"].cfg.history_len
-    for known in ("recent", "history"):
-        rng = np.random.default_rng(seed)
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("items", "labels", "t", "r")}
-        for tgt, ref, half in (("A", "B", halves[0]), ("B", "A", halves[1])):
-            users = rng.choice(half, size=min(users_per_half, len(half)), replace=False)
-            items, labels, kn = mia_pairs(prep.split, users, per_user, rng, known=known, history_len=hl)
-            cols["items"].append(items)
-            cols["labels"].append(labels)
-            cols["t"].append(flat_scores(models[tgt], kn, items))
-            # the model that did NOT train on these users: the reference of the calibrated attack,
-            # and what the plain score attack achieves by generalisation alone
-            cols["r"].append(flat_scores(models[ref], kn, items))
-        c = {k: np.concatenate(v) for k, v in cols.items()}
-        m = c["labels"] == 1
-        cal = c["t"] - c["r"]
-        # item-calibrated: subtract each item's mean score over all attacked pairs
-        sums = np.bincount(c["items"], c["t"], minlength=prep.split.num_items)
-        cnt = np.bincount(c["items"], minlength=prep.split.num_items)
-        icl = c["t"] - (sums / np.maximum(cnt, 1))[c["items"]]
-        out |= {
-            f"{known}.score_auc": auc(c["t"][m], c["t"][~m]),
-            f"{known}.score_advantage": advantage(c["t"][m], c["t"][~m]),
-            f"{known}.score_auc_users_not_trained": auc(c["r"][m], c["r"][~m]),
-            f"{known}.calibrated_auc": auc(cal[m], cal[~m]),
-            f"{known}.calibrated_advantage": advantage(cal[m], cal[~m]),
-            f"{known}.item_calibrated_auc": auc(icl[m], icl[~m]),
-            f"{known}.item_calibrated_advantage": advantage(icl[m], icl[~m]),
-            f"{known}.pairs": float(len(m)),
-        }
-    best = max(("recent", "history"), key=lambda k: out[f"{k}.calibrated_auc"])
-    out["calibrated_auc"] = out[f"{best}.calibrated_auc"]
-    out["calibrated_advantage"] = max(out["recent.calibrated_advantage"], out["history.calibrated_advantage"])
-    out["strongest_knowledge"] = best  # type: ignore[assignment]
+    rng = np.random.default_rng(settings.seed)
+    users = np.arange(split.num_users)
+    if settings.users and settings.users < len(users):
+        users = np.sort(rng.choice(users, size=settings.users, replace=False))
+    items, labels, owner = mia_candidates(split, users, settings.per_user, rng)
+    mem, non, held, newest = labels == MEMBER, labels == NONMEMBER, labels == HELDOUT, labels == NEWEST
+    out: dict[str, Any] = {
+        "users": int(len(users)),
+        "members": int(mem.sum()),
+        "non-members": int(non.sum()),
+        "held-out": int(held.sum()),
+        "newest-trained": int(newest.sum()),
+    }
+    for knowledge in ("recent", "history"):
+        for attack, s in attack_scores(sm, split, items, labels, owner, knowledge, settings, reference).items():
+            key = f"{knowledge}.{attack}"
+            out[f"{key}.auc"] = auc(s[mem], s[non])
+            out[f"{key}.advantage"] = advantage(s[mem], s[non])
+            if held.any():
+                out[f"{key}.auc_heldout"] = auc(s[held], s[non])
+                out[f"{key}.auc_member_vs_heldout"] = auc(s[mem], s[held])
+                out[f"{key}.auc_newest_vs_heldout"] = auc(s[newest], s[held])
     return out
 
 
@@ -343,42 +404,50 @@ def leak_rankings(
     return out
 
 
+def _wire(state: dict[str, torch.Tensor], lcfg: LocalConfig) -> dict[str, torch.Tensor]:
+    """The shared parameters as the server receives them (``local.upload-dtype``), back in float32."""
+    dtype = torch.float16 if lcfg.upload_dtype == "float16" else torch.float32
+    return {k: v.detach().to(dtype).float() for k, v in state.items()}
+
+
 def upload_leakage(
     prep: Prepared,
     glob: Recommender,
     users: np.ndarray,
-    rc: ClientRunConfig,
+    preset: ClientRunConfig,
     *,
-    epsilon: float,
     id_residual: bool,
-    lcfg: LocalConfig,
-    num_rounds: int,
+    proximal_mu: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Precision@10 of the best server ranking of one-user uploads, averaged over ``users``."""
-    dp = epsilon > 0
-    pcfg: PrivacyConfig = dataclasses.replace(rc.dp, enabled=dp, target_epsilon=epsilon)
+    """Precision@10 of the best server ranking of one-user uploads, averaged over ``users``.
+
+    Each user is a device of its own that trains one round from ``glob`` (the preset's trained model)
+    with the preset's local settings: :func:`train_dp` at the preset's planned σ under ``dp.enabled``,
+    :func:`train_plain` otherwise. ``id_residual`` adds a fresh per-item ID residual to the model.
+    """
+    dp = preset.dp.enabled
+    pcfg: PrivacyConfig = preset.dp
     mcfg: ModelConfig = dataclasses.replace(glob.cfg, id_residual=id_residual)
     torch.manual_seed(seed)
     base = Recommender(mcfg, prep.cache, 1, prep.backbone)
-    base.load_partial(glob.shared_state())  # the trained global model (a fresh ID residual when added here)
-    before = {k: v.clone() for k, v in base.shared_state().items()}
+    base.load_partial(glob.public_state())  # the trained global model (a fresh ID residual when added here)
+    public = {k: v.clone() for k, v in base.public_state().items()}
+    before = {k: v.clone() for k, v in base.shared_state().items()}  # what a device trains and uploads
+    sigma = plan_noise(pcfg, num_rounds=preset.num_rounds, fraction=preset.fraction_train) if dp else 0.0
     prec: dict[str, list[float]] = {}
-    rand, noise = [], []
+    rand = []
     for j, u in enumerate(users):
         nd = NodeData(subset_split(prep.split, np.array([u])), prep.cache, prep.backbone)
         model = build_model(mcfg, nd, seed=seed + j)
-        model.load_partial(before)
-        rng = np.random.default_rng(seed * 7919 + j)
+        model.load_partial(public)
         if dp:
-            p = NodePrivacy(
-                plan_noise(pcfg, num_rounds=num_rounds, fraction=1.0)
-            )
-            noise.append(p.noise_multiplier)
-            train_dp(model, nd, p, lcfg=lcfg, tcfg=rc.core.train, pcfg=pcfg)
+            privacy = NodePrivacy(sigma)
+            train_dp(model, nd, privacy, lcfg=preset.local, tcfg=preset.core.train, pcfg=pcfg, proximal_mu=proximal_mu)
         else:
-            train_plain(model, nd, lcfg=lcfg, tcfg=rc.core.train, rng=rng)
-        after = {k: v.to(torch.float16).float() for k, v in model.shared_state().items()}  # the wire dtype
+            rng = np.random.default_rng(seed * 7919 + j)
+            train_plain(model, nd, lcfg=preset.local, tcfg=preset.core.train, rng=rng, proximal_mu=proximal_mu)
+        after = _wire(model.shared_state(), preset.local)
         truth = np.unique(prep.split.train[u])
         for name, ranking in leak_rankings(base, before, after).items():
             prec.setdefault(name, []).append(precision_at_k(ranking, truth, 10))
@@ -389,8 +458,195 @@ def upload_leakage(
     prior_p10 = float(np.mean([precision_at_k(prior, np.unique(prep.split.train[u]), 10) for u in users]))
     means = {name: float(np.mean(v)) for name, v in prec.items()}
     best = max(means, key=lambda k: means[k])
-    out = {"p10": means[best], "best_ranking": best, "random_p10": float(np.mean(rand)), "prior_p10": prior_p10}
+    out: dict[str, Any] = {
+        "p10": means[best],
+        "best_ranking": best,
+        "random_p10": float(np.mean(rand)),
+        "prior_p10": prior_p10,
+        "users": int(len(users)),
+    }
     out.update({f"p10_{k}": v for k, v in means.items()})
-    if noise:
-        out["noise_multiplier_mean"] = float(np.mean(noise))
-    return out  # type: ignore[return-value]
+    if dp:
+        out["noise_multiplier"] = sigma
+    return out
+
+
+# --------------------------------------------------------------------------- noise replay
+
+
+def old_dp_seed(node_id: int, server_round: int) -> int:
+    """The seed of a device's DP randomness before OS entropy: derivable by the server."""
+    return (int(node_id) * 1_000_003 + int(server_round)) % (2**31)
+
+
+def candidate_seeds(node_id: int, server_round: int, partition_id: int, scan: int) -> dict[str, list[int]]:
+    """Every seed a server could derive for one device round: by family (the old formula first)."""
+    return {
+        "old formula (node_id * 1_000_003 + round) mod 2^31": [old_dp_seed(node_id, server_round)],
+        "round": [int(server_round)],
+        "node id": sorted({int(node_id), int(node_id) % (2**31)}),
+        "partition id": [int(partition_id)],
+        f"0..{scan - 1}": list(range(scan)),
+    }
+
+
+@contextlib.contextmanager
+def recorded_secure_seeds() -> Iterator[list[int]]:
+    """The experimenter's instrument: record the OS-entropy seeds :func:`train_dp` draws (nobody else can)."""
+    import client.train as ct
+
+    drawn: list[int] = []
+    real = ct.secure_seed
+
+    def recording() -> int:
+        s = real()
+        drawn.append(s)
+        return s
+
+    ct.secure_seed = recording  # type: ignore[assignment]
+    try:
+        yield drawn
+    finally:
+        ct.secure_seed = real  # type: ignore[assignment]
+
+
+def regenerate_noise(
+    model: Recommender, pcfg: PrivacyConfig, *, num_samples: int, noise_multiplier: float, seed: int
+) -> dict[str, torch.Tensor]:
+    """The Gaussian noise :func:`train_dp` adds in its first step when seeded with ``seed``.
+
+    Needs only public things: the architecture (parameter names, shapes and order), σ, the clipping
+    norms and the device's number of training samples (which the old replies carried). Keyed by
+    parameter name, for every parameter the device trains (a trained personal vector's noise is in the
+    stream too).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    trained = model.scale.requires_grad
+    model.scale.requires_grad_(False)  # as train_dp does: the scale has no per-sample rule
+    try:
+        groups = _groups(model, pcfg)
+    finally:
+        model.scale.requires_grad_(trained)
+    names = {id(p): n for n, p in model.named_parameters()}
+    std = noise_multiplier * pcfg.total_clip()
+    torch.rand(num_samples, generator=gen)  # the first step's Poisson draw
+    return {names[id(p)]: torch.normal(0.0, std, size=p.shape, generator=gen) for ps in groups.values() for p in ps}
+
+
+def _max_abs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(max((a[k] - b[k]).abs().max() for k in a))
+
+
+def _l2(a: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in a.values())))  # type: ignore[arg-type]
+
+
+def replay_attack(
+    model: Recommender,
+    data: NodeData,
+    *,
+    pcfg: PrivacyConfig,
+    lcfg: LocalConfig,
+    tcfg: TrainConfig,
+    noise_multiplier: float,
+    node_id: int,
+    server_round: int,
+    partition_id: int = 0,
+    proximal_mu: float = 0.0,
+    scan: int = 256,
+) -> dict[str, Any]:
+    """Can the server replay a device's DP noise and subtract it? Old seeding against the current code.
+
+    ``model`` is the device's model at the start of the round (the global model the server sent, plus
+    the device's personal vector). The device runs the round twice: with the old derivable seed
+    (``train_dp(..., test_seed=old_dp_seed(node_id, round))``) and as it runs now (``test_seed=None``:
+    OS entropy). Against each upload the attacker tries every derivable seed (:func:`candidate_seeds`):
+
+    * **upload replay** (an attacker that even knows the device's data, so stronger than a real one):
+      rerun the round with the candidate seed; ``upload_max_abs_diff`` = max |replayed − real upload|;
+    * **noise subtraction** (public knowledge only, plus the device's number of samples): regenerate
+      the candidate's noise (:func:`regenerate_noise`) and remove it from the upload; the result is
+      compared with the true clean update (the experimenter's rerun with the same randomness and σ = 0):
+      ``clean_max_abs_diff``, on the float32 upload and on the wire upload (``local.upload-dtype``).
+
+    The attack *succeeds* when some candidate recovers the clean update to within a tenth of the
+    upload's per-coordinate noise std (``noise_std_in_upload`` = lr·(1 − lr·μ)·σ·C / expected-batch).
+    Needs one local SGD step per round (the DP presets' recipe), where the upload is linear in the noise.
+    """
+    if pcfg.steps_per_round() != 1 or lcfg.optimizer != "sgd":
+        raise ValueError(
+            "the noise replay needs one local SGD step per round (dp.local-steps = 1, local.optimizer = sgd)"
+        )
+    n = len(dp_samples(data.split, pcfg))  # the Poisson draw is over the device's DP samples
+    before = {k: v.clone() for k, v in model.shared_state().items()}
+    coef = lcfg.lr * (1.0 - lcfg.lr * proximal_mu) / pcfg.expected_batch  # upload = before − coef·(S + Z)
+    noise_std = coef * noise_multiplier * pcfg.total_clip()
+
+    def device_round(seed: int | None, sigma: float) -> dict[str, torch.Tensor]:
+        m = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # σ = 0 (the clean rerun) has ε = ∞
+            train_dp(
+                m, data, NodePrivacy(sigma), lcfg=lcfg, tcfg=tcfg, pcfg=pcfg, proximal_mu=proximal_mu, test_seed=seed
+            )
+        return {k: v.detach().clone() for k, v in m.shared_state().items()}
+
+    def attack(upload: dict[str, torch.Tensor], true_seed: int) -> dict[str, Any]:
+        clean = {k: v - before[k] for k, v in device_round(true_seed, 0.0).items()}  # the experimenter's truth
+        wire = _wire(upload, lcfg)
+        fams: dict[str, dict[str, Any]] = {}
+        best: dict[str, Any] = {}
+        for fam, seeds in candidate_seeds(node_id, server_round, partition_id, scan).items():
+            rows = []
+            for s in seeds:
+                z = regenerate_noise(model, pcfg, num_samples=n, noise_multiplier=noise_multiplier, seed=s)
+                noise_term = {k: coef * z[k] if k in z else torch.zeros_like(v) for k, v in before.items()}
+                est = {k: upload[k] - before[k] + noise_term[k] for k in before}  # the attacker's clean update
+                est_w = {k: wire[k] - before[k] + noise_term[k] for k in before}
+                rows.append(
+                    {
+                        "seed": s,
+                        "upload_max_abs_diff": _max_abs(device_round(s, noise_multiplier), upload),
+                        "clean_max_abs_diff": _max_abs(est, clean),
+                        "clean_max_abs_diff_wire": _max_abs(est_w, clean),
+                        "clean_rel_l2_error": _l2({k: est[k] - clean[k] for k in before}) / max(_l2(noise_term), 1e-30),
+                    }
+                )
+            top = min(rows, key=lambda r: r["clean_max_abs_diff"])
+            fams[fam] = {
+                "seeds": len(seeds),
+                "min_upload_max_abs_diff": min(r["upload_max_abs_diff"] for r in rows),
+                "min_clean_max_abs_diff": top["clean_max_abs_diff"],
+                "min_clean_max_abs_diff_wire": min(r["clean_max_abs_diff_wire"] for r in rows),
+            }
+            if not best or top["clean_max_abs_diff"] < best["clean_max_abs_diff"]:
+                best = top | {"family": fam}
+        succeeded = best["clean_max_abs_diff_wire"] <= 0.1 * noise_std
+        return {
+            "verdict": "succeeds" if succeeded else "fails",
+            "best_candidate": best,
+            "upload_max_abs_diff": min(f["min_upload_max_abs_diff"] for f in fams.values()),
+            "clean_max_abs_diff": best["clean_max_abs_diff"],
+            "clean_max_abs_diff_wire": min(f["min_clean_max_abs_diff_wire"] for f in fams.values()),
+            "by_family": fams,
+            "candidates": sum(f["seeds"] for f in fams.values()),
+        }
+
+    old_seed = old_dp_seed(node_id, server_round)
+    old = attack(device_round(old_seed, noise_multiplier), old_seed)
+    with recorded_secure_seeds() as drawn:
+        now_upload = device_round(None, noise_multiplier)
+    if len(drawn) != 1:
+        raise RuntimeError(f"expected train_dp to draw one OS-entropy seed, it drew {len(drawn)}")
+    # the instrument is right: the recorded seed reproduces the device's upload bit for bit
+    instrument = _max_abs(device_round(drawn[0], noise_multiplier), now_upload)
+    now = attack(now_upload, drawn[0]) | {"recorded_seed_reproduces_upload_max_abs_diff": instrument}
+    return {
+        "old_seeding": old,
+        "current": now,
+        "noise_std_in_upload": noise_std,
+        "noise_multiplier": noise_multiplier,
+        "num_samples": n,
+        "criterion": "succeeds when some derivable seed recovers the clean update (wire upload) to within "
+        "0.1 x the per-coordinate noise std in the upload",
+    }
