@@ -304,7 +304,7 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     assert "bench_dp --presets fed-dp-eps1" in priv["mia_skipped"]["fed-dp-eps1"]
     assert set(priv["mia"]["fed"]) >= {"history.score.auc", "recent.calibrated.auc", "history.score.auc_heldout"}
     # the checkpoints here are the round-0 models: their figures are the public start's
-    assert priv["mia_auc_public_start"] == priv["mia_auc"]
+    assert priv["mia_auc_public_start"] == priv["mia_score_auc"]
     assert priv["mia_auc_reference"] == {"fed": 0.5, "fed-dp-eps8": 0.5}
     assert set(priv["upload_leak_p10"]) == {"fed", "fed-dp-eps8"}
     assert priv["upload_leak"]["fed-dp-eps8"]["noise_multiplier"] > 0
