@@ -218,7 +218,10 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         rep = strategy.report
         row: dict[str, Any] = {
             "round": rnd,
-            "train": dict(tmetrics or {}),
+            "train": {
+                **({"upload-bytes-per-client": float(np.mean(rep.upload_bytes))} if rep.upload_bytes else {}),
+                **dict(tmetrics or {}),
+            },
             "replies": rep.replies,
             "failed": len(rep.errors),
             "dropped": len(rep.dropped),

@@ -171,6 +171,8 @@ class RoundReport:
     cohort: int = 0
     #: why the round was skipped without aggregating ('' when it was not)
     skipped: str = ""
+    #: bytes of each kept reply's arrays as received (measured here: DP replies do not report it)
+    upload_bytes: list[int] = field(default_factory=list)
 
 
 def check_update(
@@ -296,9 +298,10 @@ class GuardedStrategy(Strategy):
             why = why or self._weight_error(msg)
             clean = None
             if not why:
-                clean, why = check_update(
-                    {k: v.numpy() for k, v in recs[ARRAYS].items()}, self.current, self.max_update_norm
-                )
+                received = {k: v.numpy() for k, v in recs[ARRAYS].items()}
+                clean, why = check_update(received, self.current, self.max_update_norm)
+                if clean is not None:
+                    rep.upload_bytes.append(sum(int(a.nbytes) for a in received.values()))
             if clean is None:
                 rep.dropped.append(Dropped(nid, why))
                 log.warning("round %d: dropped the update of node %d: %s", server_round, nid, why)

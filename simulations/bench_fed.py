@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.runlog import SELECTED_BY, best_round
 from simulations.presets import PRESETS, SUMMARY_KEYS
 from simulations.results import merge_summary
 from simulations.runner import REPO, run_config, simulate
@@ -42,26 +43,32 @@ def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: 
     simulate(ov, num_supernodes=num_nodes)
     seconds = time.time() - t0
     rows = [json.loads(line) for line in (runs_dir / name / "rounds.jsonl").read_text().splitlines() if line.strip()]
-    scored = [r for r in rows if "val-hr@10" in r.get("fed", {})]
-    best = max(scored, key=lambda r: r["fed"]["val-hr@10"] + r["fed"]["val-ndcg@10"])
     cfg = run_config(ov)
     user_dp = cfg["fed.user-dp"] != "off"
-    # record level: the largest cumulative ε any node reached in the run (a node's ε only grows)
-    eps = rows[-1].get("user-dp-epsilon") if user_dp else max(r["train"].get("epsilon-max", 0.0) for r in rows)
+    private = bool(cfg["dp.enabled"]) or user_dp or bool(cfg["fed.secagg"])
+    # under any DP or SecAgg no node sends evaluation figures: the experimenter's central evaluation picks
+    source = "central" if private else "fed"
+    best = best_round(rows, source=source)
+    if best is None:
+        raise RuntimeError(f"{name}: no round has {source} validation figures ({runs_dir / name / 'rounds.jsonl'})")
+    last = rows[-1]
+    eps = last.get("user-dp-epsilon") if user_dp else last.get("epsilon")
     return {
-        "hr@10": best["fed"]["test-hr@10"],
-        "ndcg@10": best["fed"]["test-ndcg@10"],
-        "val_hr@10": best["fed"]["val-hr@10"],
+        "hr@10": best[source]["test-hr@10"],
+        "ndcg@10": best[source]["test-ndcg@10"],
+        "val_hr@10": best[source]["val-hr@10"],
         "best_round": best["round"],
+        "selected_by": SELECTED_BY[source],
         "central_test_hr@10": best.get("central", {}).get("test-hr@10"),
-        "epsilon": None if not (cfg["dp.enabled"] or user_dp) else eps,
-        "epsilon_mean": rows[-1]["train"].get("epsilon-mean") if cfg["dp.enabled"] else None,
+        "epsilon": eps,
         "delta": (cfg["fed.user-dp-delta"] if user_dp else cfg["dp.delta"]) if (cfg["dp.enabled"] or user_dp) else None,
         "privacy_unit": "user" if user_dp else ("interaction" if cfg["dp.enabled"] else None),
         "rounds": len(rows),
         "seconds": round(seconds, 1),
         "round_seconds": float(np.mean([r["seconds"] for r in rows])),
-        "upload_bytes_per_client_round": float(np.mean([r["train"]["upload-bytes-per-client"] for r in rows])),
+        "upload_bytes_per_client_round": float(
+            np.mean([r["train"].get("upload-bytes-per-client", 0.0) for r in rows if "train" in r])
+        ),
         "nodes": num_nodes,
         "settings": dict(overrides),
     }
@@ -78,7 +85,7 @@ def dp_step_overhead(num_users: int = 60, seed: int = 0) -> dict[str, float]:
     from shared.training import Sequences, make_batch, sample_losses
 
     torch.set_num_threads(1)
-    rc = parse_run_config(run_config({"dp.enabled": True}))
+    rc = parse_run_config(run_config({"dp.enabled": True, "dp.train-tower": True, "dp.train-personal": True}))
     rng = np.random.default_rng(seed)
     t_dp = t_plain = 0.0
     for pid in range(num_users):
