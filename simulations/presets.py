@@ -67,7 +67,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # record-level DP-SGD on each device (privacy unit: one interaction), ε for the whole run; no trust
     "fed-dp-eps8": {**_DP, "dp.target-epsilon": 8.0},
     "fed-dp-eps4": {**_DP, "dp.target-epsilon": 4.0},
-    "fed-dp-eps1": {**_DP, "dp.target-epsilon": 1.0},
+    # at ε = 1 the 40-round recipe's noise random-walks the bias: 20 rounds at half the step, chosen on
+    # validation (central val HR@10 0.400 against 0.391)
+    "fed-dp-eps1": {**_DP, "dp.target-epsilon": 1.0, "num-server-rounds": 20, "local.lr": 0.15, "fed.eval-every": 2},
     # record-level DP-SGD over the secure sum (trust: SecAgg+ and honest noise shares)
     "fed-sdp-eps8": {**_SDP, "dp.target-epsilon": 8.0},
     "fed-sdp-eps1": {**_SDP, "dp.target-epsilon": 1.0},
