@@ -37,7 +37,7 @@ bench: install  ## all benchmarks; figures go to results/
 	$(BIN)/python -m simulations.bench_core
 	$(BIN)/python -m simulations.bench_kg
 	$(BIN)/python -m simulations.bench_fed
-	$(BIN)/python -m simulations.bench_dp --curve --ablation
+	$(BIN)/python -m simulations.bench_dp --parts presets,curve,ablation
 	$(BIN)/python -m simulations.bench_api
 
 lint: install

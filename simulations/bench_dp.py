@@ -9,7 +9,7 @@ device's cumulative record-level ε (δ = ``dp.delta``), from the public setting
 Usage::
 
     python -m simulations.bench_dp                                # the DP presets on ml-100k
-    python -m simulations.bench_dp --curve --ablation             # + privacy–utility curve, ablation
+    python -m simulations.bench_dp --parts curve,ablation         # privacy–utility curve, ablation
     python -m simulations.bench_dp --dataset ml-latest-small --presets fed-dp-eps8
 
 Only these documented commands write ``results/``; ``--rounds`` (a shorter run) writes under ``runs/``.
@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simulations.bench_dp", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--presets", default=",".join(DP_SUMMARY_KEYS), help=f"comma-separated, from {sorted(PRESETS)}")
     ap.add_argument("--dataset", default="ml-100k")
-    ap.add_argument("--curve", action="store_true", help="HR@10 against ε for the default recipe")
-    ap.add_argument("--ablation", action="store_true", help="the recipe's steps one at a time")
+    ap.add_argument(
+        "--parts",
+        default="presets",
+        help="comma-separated: presets (the DP presets), curve (HR@10 against ε), ablation",
+    )
     ap.add_argument("--rounds", type=int, default=0, help="shorter runs (written under runs/, not results/)")
     ap.add_argument("--results", default=str(REPO / "results"))
     args = ap.parse_args(argv)
@@ -113,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", name, json.dumps({k: v for k, v in fig.items() if k not in ("settings", "curve")}))
         return fig
 
-    for name in [p for p in args.presets.split(",") if p]:
+    parts = set(args.parts.split(","))
+    if parts - {"presets", "curve", "ablation"}:
+        ap.error(f"unknown parts {sorted(parts - {'presets', 'curve', 'ablation'})}; known: presets, curve, ablation")
+    for name in [p for p in args.presets.split(",") if p] if "presets" in parts else []:
         if name not in PRESETS:
             ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
         merge_summary(_dataset_key(args.dataset, {"runs": {name: figures(name, PRESETS[name], keep=True)}}), summary)
-    if args.curve:
+    if "curve" in parts:
         curves: dict[str, dict[str, Any]] = {}
         for route, preset in CURVE_BASES.items():
             points = {}
@@ -137,8 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             merge_summary(_dataset_key(args.dataset, {"privacy_utility": {route: points}}), summary)
         name = "privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"
         plot_curve(curves, out_dir / name)
-    if args.ablation:
-        table = {name: figures(f"ablation {name}", ov) for name, ov in ABLATION.items()}
+    if "ablation" in parts:
+        done = json.loads(summary.read_text()) if summary.exists() else {}
+        runs = (done if args.dataset == "ml-100k" else done.get("datasets", {}).get(args.dataset, {})).get("runs", {})
+        table = {}
+        for name, ov in ABLATION.items():
+            if isinstance(ov, str):  # the same settings as a preset: its figures (run `--parts presets` first)
+                if ov not in runs:
+                    ap.error(f"ablation step {name!r} reuses runs.{ov}: run `--parts presets` first")
+                table[name] = runs[ov]
+            else:
+                table[name] = figures(f"ablation {name}", ov)
         merge_summary(_dataset_key(args.dataset, {"dp_ablation": table}), summary)
     return 0
 
