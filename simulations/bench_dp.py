@@ -58,10 +58,11 @@ def run_dp(overrides: dict[str, Any], checkpoint: Path | None = None) -> dict[st
     )
     t0 = time.time()
     rows = run_union(model, prep.split, run)
-    if checkpoint is not None:
-        save_checkpoint(model, prep.dataset.catalogue.ids, checkpoint, meta={"settings": dict(overrides)})
     scored = [r for r in rows if "val-hr@10" in r and r["round"] > 0]
     best = max(scored, key=lambda r: r["val-hr@10"] + r["val-ndcg@10"])
+    if checkpoint is not None:  # the model of the best validation round (run_union restores it)
+        meta = {"settings": dict(overrides), "round": best["round"], "selected-by": "experimenter central validation"}
+        save_checkpoint(model, prep.dataset.catalogue.ids, checkpoint, meta=meta)
     return {
         "hr@10": best["test-hr@10"],
         "ndcg@10": best["test-ndcg@10"],
