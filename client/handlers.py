@@ -77,6 +77,23 @@ def _public_start(model: Recommender, data: NodeData) -> None:
         model.items.proj.bias.copy_(b)
 
 
+def _round_privacy(rc: ClientRunConfig, spec: NodeSpec, context: Context) -> tuple[NodePrivacy, Ledger]:
+    """The run's accountant and the device's ledger, after the device's own checks (floor, budgets)."""
+    privacy = load_privacy(context.state) or NodePrivacy(
+        noise_multiplier=plan_noise(rc.dp, num_rounds=rc.num_rounds, fraction=rc.fraction_train)
+    )
+    check_run(spec.floor, rc.dp, privacy.noise_multiplier)
+    ledger = Ledger(spec.ledger_path(rc))
+    check_budget(rc.dp, privacy, floor=spec.floor, ledger=ledger.others(rc.run_name))
+    return privacy, ledger
+
+
+def _record_spend(rc: ClientRunConfig, context: Context, privacy: NodePrivacy, ledger: Ledger) -> None:
+    """Write the round's spend to the ledger and the node state (before replying: a crash keeps it)."""
+    ledger.record(rc.run_name, privacy.history)
+    store_privacy(context.state, privacy)
+
+
 def _train_private(
     rc: ClientRunConfig,
     spec: NodeSpec,
@@ -86,34 +103,22 @@ def _train_private(
     local: LocalConfig,
     mu: float,
 ) -> LocalResult:
-    """One round of record-level DP training, after the device's own checks; updates its ledger."""
-    privacy = load_privacy(context.state) or NodePrivacy(
-        noise_multiplier=plan_noise(rc.dp, num_rounds=rc.num_rounds, fraction=rc.fraction_train)
-    )
-    check_run(spec.floor, rc.dp, privacy.noise_multiplier)
-    ledger = Ledger(spec.ledger_path(rc))
-    check_budget(rc.dp, privacy, floor=spec.floor, ledger=ledger.others(rc.run_name))
+    """One round of local record-level DP training."""
+    privacy, ledger = _round_privacy(rc, spec, context)
     res = train_dp(model, data, privacy, lcfg=local, tcfg=rc.core.train, pcfg=rc.dp, proximal_mu=mu)
-    ledger.record(rc.run_name, privacy.history)  # before replying: a crash after this keeps the spend
-    store_privacy(context.state, privacy)
+    _record_spend(rc, context, privacy, ledger)
     return res
 
 
 def _share_private(
     rc: ClientRunConfig, spec: NodeSpec, context: Context, model: Recommender, data: NodeData, local: LocalConfig
 ) -> dict[str, np.ndarray]:
-    """One round of distributed DP-SGD (a noise share for the secure sum), after the device's own checks."""
-    privacy = load_privacy(context.state) or NodePrivacy(
-        noise_multiplier=plan_noise(rc.dp, num_rounds=rc.num_rounds, fraction=rc.fraction_train)
-    )
-    check_run(spec.floor, rc.dp, privacy.noise_multiplier)
-    ledger = Ledger(spec.ledger_path(rc))
-    check_budget(rc.dp, privacy, floor=spec.floor, ledger=ledger.others(rc.run_name))
+    """One round of distributed DP-SGD: a noise share for the secure sum."""
+    privacy, ledger = _round_privacy(rc, spec, context)
     share = dp_share(
         model, data, privacy, tcfg=rc.core.train, pcfg=rc.dp, personal_lr=local.lr * local.personal_lr_scale
     )
-    ledger.record(rc.run_name, privacy.history)
-    store_privacy(context.state, privacy)
+    _record_spend(rc, context, privacy, ledger)
     return share
 
 
