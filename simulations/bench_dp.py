@@ -31,7 +31,7 @@ from shared.checkpoint import save_checkpoint
 from shared.pipeline import prepare
 from simulations.dp_union import UnionRun, run_union
 from simulations.presets import ABLATION, CURVE_BASES, CURVE_EPSILONS, DP_SUMMARY_KEYS, PRESETS
-from simulations.results import merge_summary, provenance
+from simulations.results import provenance, replace_summary
 from simulations.runner import REPO, run_config
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ def run_dp(overrides: dict[str, Any], checkpoint: Path | None = None) -> dict[st
     }
 
 
-def _dataset_key(dataset: str, figures: dict[str, Any]) -> dict[str, Any]:
-    return figures if dataset == "ml-100k" else {"datasets": {dataset: figures}}
+def _keys(dataset: str, *keys: str) -> list[str]:
+    """Where a figure goes in summary.json: ``keys``, under ``datasets.<name>.`` for another dataset."""
+    return list(keys) if dataset == "ml-100k" else ["datasets", dataset, *keys]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [p for p in args.presets.split(",") if p] if "presets" in parts else []:
         if name not in PRESETS:
             ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        merge_summary(_dataset_key(args.dataset, {"runs": {name: figures(name, PRESETS[name], keep=True)}}), summary)
+        replace_summary(_keys(args.dataset, "runs", name), figures(name, PRESETS[name], keep=True), summary)
     if "curve" in parts:
         curves: dict[str, dict[str, Any]] = {}
         for route, preset in CURVE_BASES.items():
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 points["inf" if not eps else f"{eps:g}"] = figures(f"curve {route} eps={eps or 'inf'}", ov)
             curves[route] = points
-            merge_summary(_dataset_key(args.dataset, {"privacy_utility": {route: points}}), summary)
+            replace_summary(_keys(args.dataset, "privacy_utility", route), points, summary)
         name = "privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"
         plot_curve(curves, out_dir / name)
     if "ablation" in parts:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 table[name] = runs[ov]
             else:
                 table[name] = figures(f"ablation {name}", ov)
-        merge_summary(_dataset_key(args.dataset, {"dp_ablation": table}), summary)
+        replace_summary(_keys(args.dataset, "dp_ablation"), table, summary)
     return 0
 
 

@@ -36,6 +36,21 @@ def merge_summary(updates: dict[str, Any], path: Path | None = None) -> dict[str
     return data
 
 
+def replace_summary(keys: list[str], value: Any, path: Path | None = None) -> dict[str, Any]:
+    """Set ``summary[k0][k1]...`` to ``value``, replacing what was there (no stale sub-keys survive)."""
+    path = path or RESULTS / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return data
+
+
 def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     """The command line, settings and time that produced a set of figures."""
     return {
