@@ -259,6 +259,8 @@ def test_session_losses_give_exact_per_session_gradients() -> None:
     per_sample = {n: p.grad_sample.clone() for n, p in named.items()}
     gsm._close()
     for i in range(3):
-        ref = torch.autograd.grad(session_losses(model, rows[i : i + 1], neg[i : i + 1], 0.1).sum(), list(named.values()))
+        ref = torch.autograd.grad(
+            session_losses(model, rows[i : i + 1], neg[i : i + 1], 0.1).sum(), list(named.values())
+        )
         for (n, _), g in zip(named.items(), ref, strict=True):
             torch.testing.assert_close(per_sample[n][i], g, atol=1e-5, rtol=1e-4, msg=n)
