@@ -148,29 +148,32 @@ def _finite(results: FitResults) -> bool:
     return all(np.isfinite(a).all() for _, res in results for a in parameters_to_ndarrays(res.parameters))
 
 
-class _Cohorts:
-    """Counts the rounds each node id was sampled in (record-level ε, :func:`server.loop.record_dp_epsilon`).
+class CountedFedAvg(LegacyFedAvg):
+    """Legacy FedAvg that counts the rounds each node id was sampled in (the SecAgg+ workflow's strategy).
 
-    Also resets the round's notes and refuses a non-finite secure aggregate before the strategy (and
-    a server optimiser's state) sees it.
+    The counts give the record-level ε (:func:`server.loop.record_dp_epsilon`). It also resets the
+    round's notes and refuses a non-finite secure aggregate before the strategy (and a server
+    optimiser's state) sees it.
     """
 
-    participation: Counter[int]
-    skipped: str
-    shares: int | None
-
-    def _init_cohorts(self) -> None:
-        self.participation = Counter()
-        self.skipped, self.shares = "", None
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.participation: Counter[int] = Counter()
+        self.skipped: str = ""
+        self.shares: int | None = None
 
     @property
     def max_participation(self) -> int:
         """The most rounds any one node has been sampled for."""
         return max(self.participation.values(), default=0)
 
-    def _count(self, sampled: list[tuple[ClientProxy, Any]]) -> None:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        sampled = super().configure_fit(server_round, parameters, client_manager)
         self.participation.update({int(proxy.node_id) for proxy, _ in sampled})
         self.skipped, self.shares = "", None
+        return sampled
 
     def _refuse(self, server_round: int, results: FitResults) -> bool:
         self.shares = len(results)
@@ -180,51 +183,24 @@ class _Cohorts:
             return True
         return False
 
-
-class CountedFedAvg(_Cohorts, LegacyFedAvg):
-    """Legacy FedAvg with cohort counts (the SecAgg+ workflow's strategy)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_cohorts()
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, Any]]:
-        sampled = super().configure_fit(server_round, parameters, client_manager)
-        self._count(sampled)
-        return sampled
+    def _strategy_round(self, server_round: int) -> int:
+        """The round number handed to the inner aggregation."""
+        return server_round
 
     def aggregate_fit(
         self, server_round: int, results: FitResults, failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if self._refuse(server_round, results):
             return None, {}
-        return super().aggregate_fit(server_round, results, failures)
+        return super().aggregate_fit(self._strategy_round(server_round), results, failures)
 
 
-class CountedFedAvgM(_Cohorts, LegacyFedAvgM):
+class CountedFedAvgM(CountedFedAvg, LegacyFedAvgM):
     """Legacy FedAvgM with cohort counts."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_cohorts()
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, Any]]:
-        sampled = super().configure_fit(server_round, parameters, client_manager)
-        self._count(sampled)
-        return sampled
-
-    def aggregate_fit(
-        self, server_round: int, results: FitResults, failures: Failures
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        if self._refuse(server_round, results):
-            return None, {}
+    def _strategy_round(self, server_round: int) -> int:
         # Flower's FedAvgM starts its momentum only in round 1: after a skipped first round, start it now
-        rnd = server_round if self.momentum_vector else 1
-        return super().aggregate_fit(rnd, results, failures)
+        return server_round if self.momentum_vector else 1
 
 
 class DistributedDPFedAvg(CountedFedAvg):
