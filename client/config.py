@@ -17,14 +17,12 @@ from shared.config import (
     Config,
     ModelConfig,
     _check,
-    check_dp_model,
-    check_uploads,
     config_from_flat,
     from_flat,
     runs_root,
 )
 from shared.errors import ConfigError
-from shared.privacy import PrivacyConfig
+from shared.privacy import PrivacyConfig, check_dp_run
 
 
 @dataclass
@@ -127,16 +125,7 @@ def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
         run_name=str(flat.get("fed.run-name", "fed")),
         out_dir=str(flat.get("fed.out-dir", "")),
     )
-    check_uploads(rc.model, rc.dp.enabled)
-    check_dp_model(rc.model, rc.dp.enabled)
-    if (
-        rc.dp.enabled
-        and rc.dp.mode == "distributed"
-        and str(flat.get("fed.secagg", False)).lower() not in ("true", "1")
-    ):
-        raise ConfigError(
-            "dp.mode", "distributed DP sends noise shares that are private only inside SecAgg+: set fed.secagg = true"
-        )
+    check_dp_run(rc.model, rc.dp, secagg=str(flat.get("fed.secagg", False)).lower() in ("true", "1"))
     return rc
 
 

@@ -12,14 +12,12 @@ from shared.config import (
     Config,
     ModelConfig,
     _check,
-    check_dp_model,
-    check_uploads,
     config_from_flat,
     from_flat,
     runs_root,
 )
 from shared.errors import ConfigError
-from shared.privacy import PrivacyConfig, plan_noise
+from shared.privacy import PrivacyConfig, check_dp_run, plan_noise
 
 #: Why ``fed.user-dp = adaptive`` is refused: Flower 1.42's ``DifferentialPrivacyServerSideAdaptiveClipping``
 #: (flwr/serverapp/strategy/dp_adaptive_clipping.py) cannot be given a correct ε.
@@ -194,14 +192,11 @@ def parse_server_config(flat: Mapping[str, Any]) -> ServerRunConfig:
         dp=from_flat(PrivacyConfig, flat, "dp"),
         local_lr=float(flat.get("local.lr", 3e-3)),
     )
-    check_uploads(rc.model, rc.dp_enabled)
-    check_dp_model(rc.model, rc.dp_enabled)
+    check_dp_run(rc.model, rc.dp, secagg=rc.fed.secagg)
     if not rc.model.train_tower and rc.fed.proj_init != "pca":
         # a frozen tower is never sent: every device rebuilds it, which only the public PCA start allows
         raise ConfigError("fed.proj-init", "a frozen item tower (dp.train-tower = false) needs fed.proj-init = pca")
     if rc.distributed:
-        # a share carries 1/min-shares of the noise: only the secure sum of enough of them is a DP release
-        _check(rc.fed.secagg, "dp.mode", "distributed DP sends noise shares, which need SecAgg+: set fed.secagg = true")
         _check(
             rc.fed.min_nodes >= rc.dp.min_shares,
             "fed.min-nodes",

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from shared.config import ModelConfig, _check
+from shared.config import ModelConfig, _check, check_dp_model, check_uploads
 from shared.errors import ConfigError
 
 
@@ -118,6 +118,18 @@ class PrivacyConfig:
     def total_clip(self) -> float:
         """The L2 sensitivity of one sample's clipped gradient over all groups (the noise scale's unit)."""
         return math.sqrt(sum(c * c for c in self.clip_norms().values()))
+
+
+def check_dp_run(model: ModelConfig, dp: PrivacyConfig, *, secagg: bool) -> None:
+    """What both the nodes and the server refuse in a run's model and DP settings (:class:`ConfigError`).
+
+    Per-item parameters without DP (DESIGN 3), DP with top BERT layers, and distributed DP without
+    SecAgg+: a share carries 1/``dp.min-shares`` of the noise, so only the secure sum is a DP release.
+    """
+    check_uploads(model, dp.enabled)
+    check_dp_model(model, dp.enabled)
+    if dp.enabled and dp.mode == "distributed" and not secagg:
+        raise ConfigError("dp.mode", "distributed DP sends noise shares, which need SecAgg+: set fed.secagg = true")
 
 
 #: one accountant entry: (noise multiplier σ, Poisson rate q, steps, group), where ``group`` is how many
