@@ -15,19 +15,25 @@ from client.state import record_of
 from simulations.runner import run_config
 
 
+def tiny_overrides(tmp_path: Path, tiny_bert: str) -> dict[str, Any]:
+    """Run-config overrides for a tiny ml-100k-format dataset and a tiny BERT (data written under ``tmp_path``)."""
+    return {
+        "data.dir": str(write_tiny_ml100k(tmp_path / "data", users=8, per_user=15)),
+        "data.cache-dir": str(tmp_path / "cache"),
+        "model.backbone": tiny_bert,
+        "model.dim": 16,
+        "model.bottleneck": 8,
+        "model.history-len": 8,
+        "train.negatives": 8,
+    }
+
+
 @pytest.fixture
 def fed_config(tmp_path: Path, tiny_bert: str) -> dict[str, Any]:
     """A full run config (pyproject defaults) over a tiny ml-100k-format dataset and a tiny BERT."""
-    root = write_tiny_ml100k(tmp_path / "data", users=8, per_user=15)
     return run_config(
         {
-            "data.dir": str(root),
-            "data.cache-dir": str(tmp_path / "cache"),
-            "model.backbone": tiny_bert,
-            "model.dim": 16,
-            "model.bottleneck": 8,
-            "model.history-len": 8,
-            "train.negatives": 8,
+            **tiny_overrides(tmp_path, tiny_bert),
             "local.batch-size": 4,
             "num-server-rounds": 2,
             "fed.out-dir": str(tmp_path / "runs"),

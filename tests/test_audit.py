@@ -258,7 +258,7 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     """``python -m simulations.audit --parts mia,leak,replay`` end to end, on tiny data and untrained models."""
     import json
 
-    from conftest import write_tiny_ml100k
+    from fedfixtures import tiny_overrides
 
     import simulations.report
     import simulations.results
@@ -272,15 +272,7 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     from simulations.presets import PRESETS
     from simulations.runner import run_config
 
-    sets: dict[str, object] = {
-        "data.dir": str(write_tiny_ml100k(tmp_path / "data", users=8, per_user=15)),
-        "data.cache-dir": str(tmp_path / "cache"),
-        "model.backbone": tiny_bert,
-        "model.dim": 16,
-        "model.bottleneck": 8,
-        "model.history-len": 8,
-        "train.negatives": 8,
-    }
+    sets: dict[str, object] = tiny_overrides(tmp_path, tiny_bert)
     results, ckroot = tmp_path / "results", tmp_path / "ck"
     monkeypatch.setattr(simulations.results, "RESULTS", results)
     monkeypatch.setattr(simulations.report, "RESULTS", results)
