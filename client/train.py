@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,12 +249,6 @@ def dp_samples(split: Split, pcfg: PrivacyConfig, *, one_device_per_user: bool =
     return DPSamples(seqs, users, steps)
 
 
-def _dp_examples(data: NodeData, pcfg: PrivacyConfig) -> tuple[Sequences, np.ndarray, np.ndarray]:
-    """The interaction samples of :func:`dp_samples` (tests)."""
-    d = dp_samples(data.split, pcfg)
-    return d.seqs, d.users, d.steps
-
-
 def _per_sample_grads(
     model: Recommender,
     gsm: GradSampleModule,
@@ -274,6 +270,69 @@ def _empty_grad_samples(params: list[nn.Parameter]) -> None:
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
 
 
+@dataclass
+class _PrivateRound:
+    """A device's DP round in progress: its samples, clipping groups, per-sample module and private randomness."""
+
+    model: Recommender
+    gsm: GradSampleModule
+    groups: dict[str, list[nn.Parameter]]
+    samples: DPSamples
+    pcfg: PrivacyConfig
+    gen: torch.Generator
+    rng: np.random.Generator
+    num_items: int
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for ps in self.groups.values() for p in ps]
+
+    def clipped_sum(self, tcfg: TrainConfig) -> tuple[float, int]:
+        """One Poisson batch at ``dp.sample-rate``; leaves its clipped per-sample gradient sum in ``p.grad``.
+
+        An empty batch leaves zeros (a noise-only step once the caller adds the noise). Returns the
+        summed loss and the batch size (device-side only: never sent).
+        """
+        pick = np.flatnonzero(torch.rand(len(self.samples), generator=self.gen).numpy() < self.pcfg.sample_rate)
+        self.model.zero_grad(set_to_none=True)
+        loss = 0.0
+        if len(pick):
+            loss = _per_sample_grads(
+                self.model, self.gsm, self.samples, pick, tcfg=tcfg, num_items=self.num_items, rng=self.rng
+            )
+        else:
+            _empty_grad_samples(self.params)
+        _clipped_sum(self.groups, self.pcfg.clip_norms())
+        for p in self.params:
+            p.grad_sample = None  # type: ignore[attr-defined]
+        return loss, len(pick)
+
+
+@contextmanager
+def _private_round(
+    model: Recommender, data: NodeData, pcfg: PrivacyConfig, test_seed: int | None
+) -> Iterator[_PrivateRound]:
+    """Set up a DP round (and undo it after): personal user mode checked, logit scale fixed, hooks on."""
+    if model.cfg.user_mode != "personal":
+        raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
+    gen, rng = dp_generators(test_seed)
+    samples = dp_samples(data.split, pcfg)
+    # a bare parameter on the top module has no per-sample gradient rule: the shared logit scale stays
+    # fixed on the device under DP (it is still uploaded, unchanged)
+    scale_trained = model.scale.requires_grad
+    model.scale.requires_grad_(False)
+    groups = _groups(model, pcfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    gsm.train()
+    try:
+        yield _PrivateRound(model, gsm, groups, samples, pcfg, gen, rng, data.num_items)
+    finally:
+        gsm._close()
+        model.scale.requires_grad_(scale_trained)
+
+
 def train_dp(
     model: Recommender,
     data: NodeData,
@@ -293,49 +352,26 @@ def train_dp(
     batch is a noise-only step. Noise, sampling and negatives come from OS entropy (``test_seed``: tests
     only). ``privacy.history`` gains one entry per step, so ε covers every step this device took.
     """
-    if model.cfg.user_mode != "personal":
-        raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
-    gen, rng = dp_generators(test_seed)
-    samples = dp_samples(data.split, pcfg)
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
-    # a bare parameter on the top module has no per-sample gradient rule: the shared logit scale stays
-    # fixed on the device under DP (it is still uploaded, unchanged)
-    scale_trained = model.scale.requires_grad
-    model.scale.requires_grad_(False)
-    opt = _optimizer(model, lcfg)
-    groups = _groups(model, pcfg)
-    params = [p for ps in groups.values() for p in ps]
     std = privacy.noise_multiplier * pcfg.total_clip()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    gsm.train()
     total, seen = 0.0, 0
     nsteps = pcfg.steps_per_round()
-    try:
+    with _private_round(model, data, pcfg, test_seed) as rnd:
+        opt = _optimizer(model, lcfg)  # after the logit scale is fixed: it is not among the parameters
         for _ in range(nsteps):
-            pick = np.flatnonzero(torch.rand(len(samples), generator=gen).numpy() < pcfg.sample_rate)
-            opt.zero_grad(set_to_none=True)
-            if len(pick):
-                total += _per_sample_grads(model, gsm, samples, pick, tcfg=tcfg, num_items=data.num_items, rng=rng)
-                seen += len(pick)
-            else:
-                _empty_grad_samples(params)
-            _clipped_sum(groups, pcfg.clip_norms())
-            _add_noise(params, std, gen)
-            for p in params:
+            loss, n = rnd.clipped_sum(tcfg)
+            total, seen = total + loss, seen + n
+            _add_noise(rnd.params, std, rnd.gen)
+            for p in rnd.params:
                 assert p.grad is not None
                 p.grad.div_(pcfg.expected_batch)
-                p.grad_sample = None  # type: ignore[attr-defined]
             opt.step()
             privacy.history.append((privacy.noise_multiplier, pcfg.sample_rate, 1, pcfg.group()))
             _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
-    finally:
-        gsm._close()
-        model.scale.requires_grad_(scale_trained)
+        num_examples = len(rnd.samples.users)
     privacy.history = _compact(privacy.history)
     eps = privacy.epsilon(pcfg.delta)
-    return LocalResult(total / max(seen, 1), len(samples.users), nsteps, eps, pcfg.delta, privacy.noise_multiplier)
+    return LocalResult(total / max(seen, 1), num_examples, nsteps, eps, pcfg.delta, privacy.noise_multiplier)
 
 
 def dp_share(
@@ -357,43 +393,21 @@ def dp_share(
     other device's share, so the device adds the whole noise to them itself and takes their step here.
     Returns the shared parameters' noisy gradient sums (never valid alone: only inside the secure sum).
     """
-    if model.cfg.user_mode != "personal":
-        raise ConfigError("model.user-mode", "record-level DP needs the personal user mode (DESIGN 4a)")
-    gen, rng = dp_generators(test_seed)
-    samples = dp_samples(data.split, pcfg)
-    scale_trained = model.scale.requires_grad
-    model.scale.requires_grad_(False)
-    groups = _groups(model, pcfg)
     std = privacy.noise_multiplier * pcfg.total_clip()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    gsm.train()
     names = {id(p): n for n, p in model.named_parameters()}
-    try:
-        pick = np.flatnonzero(torch.rand(len(samples), generator=gen).numpy() < pcfg.sample_rate)
-        model.zero_grad(set_to_none=True)
-        if len(pick):
-            _per_sample_grads(model, gsm, samples, pick, tcfg=tcfg, num_items=data.num_items, rng=rng)
-        else:
-            _empty_grad_samples([p for ps in groups.values() for p in ps])
-        _clipped_sum(groups, pcfg.clip_norms())
-        share: dict[str, np.ndarray] = {}
+    share: dict[str, np.ndarray] = {}
+    with _private_round(model, data, pcfg, test_seed) as rnd:
+        rnd.clipped_sum(tcfg)
         with torch.no_grad():
-            for ps in groups.values():
-                for p in ps:
-                    assert p.grad is not None
-                    n = names[id(p)]
-                    if n.startswith(PERSONAL_PREFIXES):  # only this device contributes: the whole noise
-                        p.grad.add_(torch.normal(0.0, std, size=p.shape, generator=gen))
-                        p.sub_(personal_lr * p.grad / pcfg.expected_batch)
-                    else:
-                        noise = torch.normal(0.0, std / float(np.sqrt(pcfg.min_shares)), size=p.shape, generator=gen)
-                        share[n] = (p.grad + noise).numpy().astype(np.float32)
-                    p.grad_sample = None  # type: ignore[attr-defined]
-    finally:
-        gsm._close()
-        model.scale.requires_grad_(scale_trained)
+            for p in rnd.params:
+                assert p.grad is not None
+                n = names[id(p)]
+                if n.startswith(PERSONAL_PREFIXES):  # only this device contributes: the whole noise
+                    p.grad.add_(torch.normal(0.0, std, size=p.shape, generator=rnd.gen))
+                    p.sub_(personal_lr * p.grad / pcfg.expected_batch)
+                else:
+                    noise = torch.normal(0.0, std / float(np.sqrt(pcfg.min_shares)), size=p.shape, generator=rnd.gen)
+                    share[n] = (p.grad + noise).numpy().astype(np.float32)
     privacy.history = _compact([*privacy.history, (privacy.noise_multiplier, pcfg.sample_rate, 1, pcfg.group())])
     return share
 

@@ -156,13 +156,11 @@ def test_empty_poisson_batch_is_a_noise_only_step() -> None:
 
 
 def test_a_device_trains_on_at_most_a_tenth_of_one_over_delta() -> None:
-    from client.train import _dp_examples
+    from client.train import dp_samples
 
     data = _tiny_node(lengths=(30, 25))
-    _, users, _ = _dp_examples(data, _dp(delta=1 / 400))  # at most 40 interactions
-    assert len(users) == 40
-    _, users, _ = _dp_examples(data, _dp(delta=1e-5))
-    assert len(users) == 55
+    assert len(dp_samples(data.split, _dp(delta=1 / 400))) == 40  # at most 40 interactions
+    assert len(dp_samples(data.split, _dp(delta=1e-5))) == 55
 
 
 def test_noise_is_planned_from_public_settings_only() -> None:
