@@ -6,9 +6,11 @@ costs ~4–5 ms a request. This adapter gives the same result (same paths, score
 ``tests/test_api_explain.py`` checks equality) in a fraction of that:
 
 * per item, its ``(entity, relations)`` out-links as plain tuples (no networkx views per request);
-* per entity, its recognisability (the kg term, cached until the graph changes);
-* per shared entity, an upper bound of its best path score, so entities that cannot enter the top
-  ``max_paths`` are skipped; only the kept paths become :class:`kg.Path` objects.
+* per entity, its recognisability and whether it is coarse (the kg terms, cached until the graph
+  changes);
+* per shared entity, a bound of its best path's ranking key (best kind, highest score), so entities
+  that cannot enter the top ``max_paths`` are skipped; only the kept paths become :class:`kg.Path`
+  objects.
 
 It reuses kg's scoring pieces (pattern weights, recognisability, LIR, sentences) rather than
 copying them; ``refresh()`` must be called after an item is added to the graph.
@@ -23,9 +25,21 @@ from typing import Any
 import networkx as nx
 
 from kg.graph import graph_stats, item_label, require_item
-from kg.paths import Explanation, Path, PathScoring, Similarity, Triple, no_path_sentence, recognisability, sentence
+from kg.paths import (
+    KIND_RANK,
+    Explanation,
+    Path,
+    PathScoring,
+    Similarity,
+    Triple,
+    is_coarse_entity,
+    no_path_sentence,
+    path_kind,
+    recognisability,
+    sentence,
+)
 from kg.recency import lir_by_item
-from kg.schema import ITEM, RELATIONS, is_allowed, pattern_weight
+from kg.schema import EXPLANATION_KINDS, ITEM, RELATIONS, is_allowed, pattern_weight
 
 # Allowed (history relation, target relation) -> pattern weight, and the best weight arriving
 # through each target relation (an upper bound of a path's pattern term).
@@ -33,12 +47,14 @@ _PW = {(rh, rt): pattern_weight(rh, rt) for rh in RELATIONS for rt in RELATIONS 
 _BEST_PW = {rt: max((w for (_, t), w in _PW.items() if t == rt), default=0.0) for rt in RELATIONS}
 
 _Links = tuple[tuple[str, tuple[str, ...]], ...]
-# A target's entities, best bound first: (bound without recency/similarity, entity, recog, relations)
-_Ranked = list[tuple[float, str, float, tuple[str, ...]]]
+# A target's entities, best bound first: (best kind rank, -bound of the score without recency or
+# similarity, entity, recog, relations, whether the entity is coarse)
+_Ranked = list[tuple[int, float, str, float, tuple[str, ...], bool]]
 # History index: entity -> [(history node, history item id, recency factor, its relations to the entity)]
 _Index = dict[str, list[tuple[str, int, float, tuple[str, ...]]]]
-# A kept path: ((-score, entity, history item id, history relation), history node, r_h, r_t)
-_Best = tuple[tuple[float, str, int, str], str, str, str]
+# A kept path: ((kind rank, -score, entity, history item id, history relation), history node, r_h, r_t)
+_Key = tuple[int, float, str, int, str]
+_Best = tuple[_Key, str, str, str]
 
 
 class PathExplainer:
@@ -63,7 +79,7 @@ class PathExplainer:
             if d["type"] == ITEM
         }
         self._item_id: dict[str, int] = {n: g.nodes[n]["item_id"] for n in self._links}
-        self._recog: dict[str, float] = {}
+        self._recog: dict[str, tuple[float, bool]] = {}
         self._ranked: dict[str, _Ranked] = {}
         for n in self._links:  # eagerly, so the tables are built (and GC-frozen) before serving
             self._ranked_links(n)
@@ -73,18 +89,22 @@ class PathExplainer:
         if r is None:
             r = []
             for entity, rels_t in self._links[target]:
-                recog = self._recognisability(entity)
-                r.append((recog * max(_BEST_PW[x] for x in rels_t), entity, recog, rels_t))
-            r.sort(key=lambda x: -x[0])
+                recog, coarse = self._entity_terms(entity)
+                rank = min(KIND_RANK[path_kind(x, coarse)] for x in rels_t)
+                r.append((rank, -recog * max(_BEST_PW[x] for x in rels_t), entity, recog, rels_t, coarse))
+            r.sort(key=lambda x: (x[0], x[1]))
             self._ranked[target] = r
         return r
 
-    def _recognisability(self, entity: str) -> float:
+    def _entity_terms(self, entity: str) -> tuple[float, bool]:
+        """Recognisability of an entity and whether it is coarse (cached)."""
         r = self._recog.get(entity)
         if r is None:
-            g = self.graph
-            r = recognisability(
-                len(g.pred[entity]), g.nodes[entity]["type"], self._stats, self.scoring.popularity_share
+            g, sc = self.graph, self.scoring
+            degree, e = len(g.pred[entity]), g.nodes[entity]
+            r = (
+                recognisability(degree, e["type"], self._stats, sc.popularity_share),
+                is_coarse_entity(e["type"], e["label"], degree, self._stats, sc.coarse_specificity),
             )
             self._recog[entity] = r
         return r
@@ -156,7 +176,7 @@ class PathExplainer:
         text = sentence(self._path(target, t_id, *best[0])) if best else no_path_sentence(t_label)
         paths = []
         for key, h, r_h, r_t in best:
-            entity = key[1]
+            entity = key[2]
             e = g.nodes[entity]
             label = e["label"]
             paths.append(
@@ -171,11 +191,11 @@ class PathExplainer:
                         },
                         {"head": target, "relation": r_t, "tail": entity, "head_label": t_label, "tail_label": label},
                     ],
-                    "history_item": key[2],
+                    "history_item": key[3],
                     "entity": entity,
                     "entity_label": label,
                     "entity_type": e["type"],
-                    "score": -key[0],
+                    "score": -key[1],
                 }
             )
         return {"item_id": t_id, "sentence": text, "paths": paths}
@@ -192,9 +212,9 @@ class PathExplainer:
         t_id = self._item_id[target]
         sim_cache: dict[str, float] = {}
         best: list[_Best] = []
-        kth = -1.0  # score of the max_paths-th best so far (-1: fewer found)
-        for bound, entity, recog, rels_t in self._ranked_links(target):
-            if bound < kth:
+        kth: tuple[int, float] | None = None  # (kind rank, -score) of the max_paths-th best so far
+        for rank, neg_bound, entity, recog, rels_t, coarse in self._ranked_links(target):
+            if kth is not None and (rank, neg_bound) > kth:
                 break  # entities come best bound first: none later can enter the top max_paths
             links = index.get(entity)
             if not links:
@@ -216,22 +236,23 @@ class PathExplainer:
                                 s = min(1.0, max(0.0, s)) if math.isfinite(s) else 0.0
                                 f = sim_cache[h] = 1.0 - sw + sw * s
                             score = score * f
-                        key = (-score, entity, h_id, r_h)
+                        key = (KIND_RANK[path_kind(r_t, coarse)], -score, entity, h_id, r_h)
                         if top is None or key < top[0]:
                             top = (key, h, r_h, r_t)
             if top is not None:
                 best.append(top)
                 best.sort(key=lambda b: b[0])
                 if len(best) >= max_paths:
-                    kth = -best[max_paths - 1][0][0]
+                    kth = best[max_paths - 1][0][:2]
         return best[:max_paths]
 
-    def _path(self, target: str, t_id: int, key: tuple[float, str, int, str], h: str, r_h: str, r_t: str) -> Path:
+    def _path(self, target: str, t_id: int, key: _Key, h: str, r_h: str, r_t: str) -> Path:
         g = self.graph
-        entity = key[1]
+        entity = key[2]
         e = g.nodes[entity]
         triples = (
             Triple(h, r_h, entity, item_label(g, h), e["label"]),
             Triple(target, r_t, entity, item_label(g, target), e["label"]),
         )
-        return Path(triples, key[2], t_id, entity, e["label"], e["type"], r_h, r_t, -key[0])
+        kind = EXPLANATION_KINDS[key[0]]
+        return Path(triples, key[3], t_id, entity, e["label"], e["type"], r_h, r_t, -key[1], kind)

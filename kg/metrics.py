@@ -19,6 +19,15 @@ authors' code (github.com/giacoballoccu/explanation-quality-recsys: ``metrics.py
 Each explained item counts with its best (first) path, as ``uid_pid_explanation`` holds one path per
 item there. Fidelity, faithfulness and counterfactual necessity (``pn_score``/``pn_rank``) follow
 the definitions in DESIGN.md ("Explanations").
+
+Fidelity@k counts any path, and every film has a genre and a decade, so it mostly says that. Two
+figures say how telling the explanations are (kinds: :data:`kg.schema.EXPLANATION_KINDS`, see
+:func:`kg.paths.path_kind`):
+
+* ``fidelity_specific``: share of the top-k items with at least one path that is not coarse (through
+  a person, a company or a specific category, not a genre, a decade or a broad category);
+* ``entity_share``: share of the top-k items whose first path goes through a person or a company
+  (one that is not coarse, e.g. not a distributor of a large share of the catalogue).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import numpy as np
 
 from kg.paths import Explanation, Path
 from kg.recency import DEFAULT_BETA, lir_by_item, lir_weights
-from kg.schema import ITEM, PATH_TYPES
+from kg.schema import ENTITY_KINDS, EXPLANATION_KINDS, ITEM, KIND_COARSE, PATH_TYPES
 
 Scorer = Callable[[list[int], list[int]], np.ndarray]
 
@@ -116,6 +125,33 @@ def fidelity(explanations: Sequence[Explanation], *, k: int = DEFAULT_K) -> floa
     """Share of the top-k items with at least one path (0 for an empty list)."""
     top = explanations[:k]
     return sum(e.found for e in top) / len(top) if top else 0.0
+
+
+def fidelity_specific(explanations: Sequence[Explanation], *, k: int = DEFAULT_K) -> float:
+    """Share of the top-k items with at least one path that is not coarse (0 for an empty list)."""
+    top = explanations[:k]
+    return sum(any(p.kind != KIND_COARSE for p in e.paths) for e in top) / len(top) if top else 0.0
+
+
+def entity_share(explanations: Sequence[Explanation], *, k: int = DEFAULT_K) -> float:
+    """Share of the top-k items whose first path goes through a person or a company (0 for an empty list).
+
+    Unexplained items count in the denominator, as in :func:`fidelity`.
+    """
+    top = explanations[:k]
+    return sum(e.found and e.paths[0].kind in ENTITY_KINDS for e in top) / len(top) if top else 0.0
+
+
+def first_path_kinds(explanations: Sequence[Explanation], *, k: int = DEFAULT_K) -> dict[str, float]:
+    """Share of the top-k items by the kind of their first path, and ``"none"`` for the unexplained.
+
+    The shares sum to 1 (all 0 for an empty list).
+    """
+    top = explanations[:k]
+    counts = dict.fromkeys([*EXPLANATION_KINDS, "none"], 0)
+    for e in top:
+        counts[e.paths[0].kind if e.found else "none"] += 1
+    return {kind: c / len(top) if top else 0.0 for kind, c in counts.items()}
 
 
 def faithfulness(graph: nx.MultiDiGraph, explanations: Sequence[Explanation]) -> float:
@@ -269,11 +305,13 @@ def explanation_metrics(
     k: int = DEFAULT_K,
     beta: float = DEFAULT_BETA,
 ) -> dict[str, float]:
-    """Fidelity@k, faithfulness, LIR, SEP and ETD of one user's top-k explanations."""
+    """Fidelity@k (any path; not coarse), entity share, faithfulness, LIR, SEP and ETD of one user's top-k."""
     top = explanations[:k]
     table = sep_values if sep_values is not None else sep_table(graph, beta=beta)
     return {
         "fidelity": fidelity(top, k=k),
+        "fidelity_specific": fidelity_specific(top, k=k),
+        "entity_share": entity_share(top, k=k),
         "faithfulness": faithfulness(graph, top),
         "lir": lir(top, history, timestamps, beta=beta),
         "sep": sep(top, table),

@@ -9,7 +9,12 @@ Search is a lookup, not a traversal: the history's entities are indexed once per
 (entity -> linking history items), then each recommended item's out-neighbours are looked up in
 that index, so explaining a top-10 list costs ``O(sum of out-degrees)`` dictionary lookups.
 
-Ranking of a path multiplies
+Paths are ranked first by their kind (:data:`kg.schema.EXPLANATION_KINDS`), most telling first:
+a person, a company, a specific category, then coarse links (genres, decades, and any entity too
+broad to say much, see :func:`path_kind`). So "also directed by John Lasseter" comes before
+"another Comedy" whenever both exist, however recent or similar the genre's linking item is; a genre
+or decade is cited only when nothing more specific links the item. Within a kind, the score
+multiplies
 
 * the pattern's relation informativeness (:func:`kg.schema.pattern_weight`);
 * the shared entity's recognisability: its specificity ``log(N / d) / log(N / 2)`` (an entity
@@ -18,6 +23,11 @@ Ranking of a path multiplies
   popularity within its type (a star of 7 films is better known than one of 2);
 * the linking history item's recency (its LIR value, :mod:`kg.recency`);
 * optionally the model's similarity ``sim(history_item, recommended_item)``, clipped to [0, 1].
+
+An entity is *coarse* when its specificity is below ``PathScoring.coarse_specificity`` (default
+1/2: it links more than ``sqrt(2 N)`` of the N items, 58 of ml-100k's 1,682 films, e.g. "American
+independent films" (172) or the distributor Paramount Pictures (106)), or when it is a category
+named after a year, a decade or a filming location (:data:`kg.schema.COARSE_CATEGORY_NAME`).
 """
 
 from __future__ import annotations
@@ -32,11 +42,16 @@ import networkx as nx
 from kg.graph import GraphStats, entity_degree, graph_stats, item_label, require_item
 from kg.recency import DEFAULT_BETA, lir_by_item
 from kg.schema import (
+    CATEGORY,
     CINEMATOGRAPHY,
+    COARSE_CATEGORY_NAME,
     DIRECTOR,
     DISTRIBUTOR,
+    EXPLANATION_KINDS,
     HAS_GENRE,
+    KIND_COARSE,
     PRODUCER,
+    RELATION_KINDS,
     RELEASED_IN_DECADE,
     STARRING,
     SUBJECT,
@@ -58,15 +73,18 @@ class PathScoring:
     ``recency_weight``: how much an old linking item is discounted (0: recency ignored).
     ``similarity_weight``: the same for the model similarity, when one is given.
     ``popularity_share``: how much within-type popularity modulates an entity's specificity.
+    ``coarse_specificity``: an entity less specific than this is a coarse link (ranked last, with
+    genres and decades); 0 demotes none.
     """
 
     recency_weight: float = 0.5
     similarity_weight: float = 0.5
     popularity_share: float = 0.5
     lir_beta: float = DEFAULT_BETA
+    coarse_specificity: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("recency_weight", "similarity_weight", "popularity_share"):
+        for name in ("recency_weight", "similarity_weight", "popularity_share", "coarse_specificity"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"PathScoring.{name} must be in [0, 1], got {value}")
@@ -90,7 +108,10 @@ class Triple:
 
 @dataclass(frozen=True)
 class Path:
-    """A scored explanation path ``history item -history_relation-> entity <-target_relation- item``."""
+    """A scored explanation path ``history item -history_relation-> entity <-target_relation- item``.
+
+    ``kind`` is one of :data:`kg.schema.EXPLANATION_KINDS` (see :func:`path_kind`).
+    """
 
     triples: tuple[Triple, ...]
     history_item: int
@@ -101,6 +122,7 @@ class Path:
     history_relation: str
     target_relation: str
     score: float
+    kind: str
 
     @property
     def path_type(self) -> str:
@@ -173,12 +195,33 @@ def no_path_sentence(target_label: str) -> str:
 # ------------------------------------------------------------------------------------------ search
 
 
+def specificity(degree: int, n_items: int) -> float:
+    """IDF-like specificity of an entity linked to ``degree`` of ``n_items`` items: 1 at 2 items, 0 at all."""
+    n = max(n_items, 3)
+    return min(1.0, max(0.0, math.log(n / degree) / math.log(n / 2)))
+
+
 def recognisability(degree: int, entity_type: str, stats: GraphStats, popularity_share: float) -> float:
-    n = max(stats.n_items, 3)
-    specificity = min(1.0, max(0.0, math.log(n / degree) / math.log(n / 2)))
+    """Specificity times within-type popularity (the entity term of a path's score)."""
     d_max = stats.max_degree.get(entity_type, degree)
     popularity = math.log(degree) / math.log(d_max) if d_max > 1 else 1.0
-    return specificity * (1.0 - popularity_share + popularity_share * popularity)
+    return specificity(degree, stats.n_items) * (1.0 - popularity_share + popularity_share * popularity)
+
+
+def is_coarse_entity(entity_type: str, label: str, degree: int, stats: GraphStats, coarse_specificity: float) -> bool:
+    """Whether an entity is too broad to explain much (see the module docstring); genres/decades aside."""
+    if specificity(degree, stats.n_items) < coarse_specificity:
+        return True
+    return entity_type == CATEGORY and COARSE_CATEGORY_NAME.match(label) is not None
+
+
+def path_kind(target_relation: str, coarse_entity: bool) -> str:
+    """Kind of a path: its relation's kind (:data:`kg.schema.RELATION_KINDS`), coarse if the entity is."""
+    return KIND_COARSE if coarse_entity else RELATION_KINDS[target_relation]
+
+
+#: Rank of each kind in the ordering of paths (0 first).
+KIND_RANK = {kind: i for i, kind in enumerate(EXPLANATION_KINDS)}
 
 
 def _history_index(graph: nx.MultiDiGraph, nodes: Iterable[str]) -> _HistoryIndex:
@@ -207,6 +250,7 @@ def _candidate_paths(
         e_data = graph.nodes[entity]
         degree = entity_degree(graph, entity)
         recog = recognisability(degree, e_data["type"], stats, scoring.popularity_share)
+        coarse = is_coarse_entity(e_data["type"], e_data["label"], degree, stats, scoring.coarse_specificity)
         for h, rels_h in links:
             if h == target:
                 continue
@@ -220,12 +264,13 @@ def _candidate_paths(
                 )
                 score = pattern_weight(r_h, r_t) * recog * factors[h]
                 h_id = graph.nodes[h]["item_id"]
-                yield Path(triples, h_id, t_id, entity, e_data["label"], e_data["type"], r_h, r_t, score)
+                kind = path_kind(r_t, coarse)
+                yield Path(triples, h_id, t_id, entity, e_data["label"], e_data["type"], r_h, r_t, score, kind)
 
 
 def _rank(paths: Iterable[Path], max_paths: int | None, *, per_entity: bool = True) -> tuple[Path, ...]:
-    """Best first (ties: entity id, then history item, for determinism); one path per entity."""
-    ordered = sorted(paths, key=lambda p: (-p.score, p.entity, p.history_item, p.history_relation))
+    """Best kind first, then best score (ties: entity id, then history item); one path per entity."""
+    ordered = sorted(paths, key=lambda p: (KIND_RANK[p.kind], -p.score, p.entity, p.history_item, p.history_relation))
     seen: set[str] = set()
     out: list[Path] = []
     for p in ordered:

@@ -127,6 +127,26 @@ def pattern_weight(history_relation: str, target_relation: str) -> float:
     return CROSS_ROLE_DISCOUNT * w
 
 
+# ---------------------------------------------------------------------- explanation kinds
+# How telling a path's shared entity is, most telling first; the explainer ranks a path by its kind,
+# then by score (so "also directed by X" beats "another Drama" whenever both exist).
+KIND_PERSON = "person"
+KIND_COMPANY = "company"
+KIND_CATEGORY = "category"
+KIND_COARSE = "coarse"
+EXPLANATION_KINDS: tuple[str, ...] = (KIND_PERSON, KIND_COMPANY, KIND_CATEGORY, KIND_COARSE)
+#: Kinds that name a specific entity (``explain.entity_share@10`` counts first paths of these kinds).
+ENTITY_KINDS: frozenset[str] = frozenset({KIND_PERSON, KIND_COMPANY})
+_KIND_OF_TAIL = {PERSON: KIND_PERSON, COMPANY: KIND_COMPANY, CATEGORY: KIND_CATEGORY, GENRE: KIND_COARSE}
+#: Kind of a path arriving through each relation (any relation to a person is a person path).
+RELATION_KINDS: Mapping[str, str] = MappingProxyType(
+    {r: _KIND_OF_TAIL.get(s.tail, KIND_COARSE) for r, s in RELATIONS.items()}
+)
+#: Categories that are coarse whatever their size: named after a year or decade ("1996 films",
+#: "1990s American films": a decade link in disguise) or a filming location ("Films shot in
+#: Arizona": where the crew worked, not what the film is). Matched on the readable label.
+COARSE_CATEGORY_NAME = re.compile(r"^(\d{4}s?\b|Films shot in\b)", re.IGNORECASE)
+
 _SPACES = re.compile(r"\s+")
 
 

@@ -40,12 +40,12 @@ def graph() -> nx.MultiDiGraph:
     )
 
 
-def _path(history_item: int, item: int, entity: str, relation: str = "director") -> Path:
+def _path(history_item: int, item: int, entity: str, relation: str = "director", kind: str = "person") -> Path:
     triples = (
         Triple(f"item:{history_item}", relation, entity, "h", "e"),
         Triple(f"item:{item}", relation, entity, "t", "e"),
     )
-    return Path(triples, history_item, item, entity, "e", "person", relation, relation, 1.0)
+    return Path(triples, history_item, item, entity, "e", "person", relation, relation, 1.0, kind)
 
 
 def _ex(item: int, *paths: Path) -> Explanation:
@@ -213,7 +213,7 @@ def test_rerank_etd_bonus_prefers_a_new_path_type() -> None:
 def test_explanation_metrics_summary(graph: nx.MultiDiGraph) -> None:
     exs = explain_items(graph, [2, 3], [1, 4, 5])
     out = explanation_metrics(graph, exs, [2, 3])
-    assert set(out) == {"fidelity", "faithfulness", "lir", "sep", "etd"}
+    assert set(out) == {"fidelity", "fidelity_specific", "entity_share", "faithfulness", "lir", "sep", "etd"}
     # Toy Story links by genre (Animation, Comedy) and decade, Heat by decade (1990s), Orphan not at all
     assert out["fidelity"] == pytest.approx(2 / 3)
     assert out["faithfulness"] == 1.0

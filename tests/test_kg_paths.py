@@ -87,6 +87,7 @@ def test_director_ranks_above_genre_even_when_older(graph: nx.MultiDiGraph) -> N
         by_relation.setdefault(p.target_relation, []).append(p.score)
     assert set(by_relation) == {"director", "starring", "has_genre", "released_in_decade"}
     assert min(by_relation["director"]) > max(by_relation["has_genre"] + by_relation["released_in_decade"])
+    assert [p.kind for p in paths] == ["person"] * 2 + ["coarse"] * (len(paths) - 2)
     assert [p.score for p in paths] == sorted((p.score for p in paths), reverse=True)
     ex = explain(graph, [2, 3], 1)
     assert ex.sentence == "Because you watched Big (1988), which also stars Tom Hanks."
@@ -121,14 +122,18 @@ def test_recency_and_timestamps(graph: nx.MultiDiGraph) -> None:
         explain(graph, [3, 4], 1, timestamps=[1])
 
 
-def test_similarity_callable_reorders(graph: nx.MultiDiGraph) -> None:
+def test_similarity_callable_reorders_within_a_kind(graph: nx.MultiDiGraph) -> None:
     def sim(history_item: int, item: int) -> float:
-        return 1.0 if history_item == 4 else 0.0
+        return 1.0 if history_item in (2, 4) else 0.0
 
-    default = explain(graph, [4, 3], 1)
+    default = explain(graph, [2, 3], 1)  # two person paths: Tom Hanks (newest) before John Lasseter
     assert default.best is not None and default.best.history_item == 3
+    steered = explain(graph, [2, 3], 1, sim=sim, scoring=PathScoring(similarity_weight=1.0))
+    assert steered.best is not None and steered.best.history_item == 2
+    # but similarity never lifts a coarse link ("1995 films", via Heat) above a person (Tom Hanks, via Big)
     steered = explain(graph, [4, 3], 1, sim=sim, scoring=PathScoring(similarity_weight=1.0))
-    assert steered.best is not None and steered.best.history_item == 4
+    assert steered.best is not None and (steered.best.history_item, steered.best.kind) == (3, "person")
+    assert [p.kind for p in steered.paths] == ["person", "coarse", "coarse"]
 
 
 def test_explain_items_keeps_order_and_limits(graph: nx.MultiDiGraph) -> None:
