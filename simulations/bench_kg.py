@@ -20,13 +20,17 @@ interaction against its 99 sampled cold negatives; Recall@20 ranks all cold item
 user's cold items). The user vector reads the user's warm training items plus the validation item.
 
 **Explanations** (``explain.*``): for every ml-100k P1 test user, the checkpoint's top-10 over
-items not in the history (training items + validation item), explained by :class:`kg.PathExplainer` (output equal to :func:`kg.explain_items`)
-with a cosine similarity of the checkpoint's item vectors, then Fidelity@10, faithfulness, LIR, SEP,
-ETD (:mod:`kg.metrics`), counterfactual necessity (``pn_score``, ``pn_rank``: the history without the
-linking item, rescored by :class:`shared.serving.ServingModel`), milliseconds to explain one user's
-top-10 (paths and sentences, not scoring), and an explanation-aware re-ranking of the top-50
-(``explain.rerank.*``: its LIR/SEP/ETD and the full-ranking NDCG@10/HR@10 of the test item before
-and after).
+items not in the history (training items + validation item), explained by :class:`kg.PathExplainer`
+(output equal to :func:`kg.explain_items`) with a cosine similarity of the checkpoint's item vectors,
+then Fidelity@10, faithfulness, LIR, SEP, ETD (:mod:`kg.metrics`), how telling the explanations are
+(``entity_share@10``: share of top-10 items whose first path goes through a person or a company;
+``fidelity@10_specific``: Fidelity@10 without genre, decade and other coarse links;
+``first_path_kinds``: the share of first paths of each kind of :data:`kg.schema.EXPLANATION_KINDS`,
+and ``none``), counterfactual necessity (``pn_score``, ``pn_rank``: the history without the linking
+item, rescored by :class:`shared.serving.ServingModel`), milliseconds to explain one user's top-10
+(paths and sentences, not scoring), and an explanation-aware re-ranking of the top-50
+(``explain.rerank.*``: its Fidelity@10, entity share, LIR/SEP/ETD and the full-ranking NDCG@10/HR@10
+of the test item before and after).
 
 Usage: ``python -m simulations.bench_kg [--checkpoint PATH] [--data-dir DIR] [--parts cold,explain]``
 """
@@ -447,12 +451,11 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     # explanation never cites an item without influence on the score; metrics use the full history
     window = args.explain_window if args.explain_window > 0 else sm.cfg.history_len
     users = range(split.num_users) if args.max_users <= 0 else range(min(args.max_users, split.num_users))
-    acc: dict[str, list[float]] = {
-        k: [] for k in ("fidelity", "faithfulness", "lir", "sep", "etd", "pn_score", "pn_rank")
-    }
-    rr: dict[str, list[float]] = {
-        k: [] for k in ("fidelity", "lir", "sep", "etd", "ndcg_before", "ndcg_after", "hr_before", "hr_after")
-    }
+    metric_keys = ("fidelity", "fidelity_specific", "entity_share", "faithfulness", "lir", "sep", "etd")
+    acc: dict[str, list[float]] = {k: [] for k in (*metric_keys, "pn_score", "pn_rank")}
+    kinds: dict[str, list[float]] = {}
+    rr_keys = ("fidelity", "fidelity_specific", "entity_share", "lir", "sep", "etd")
+    rr: dict[str, list[float]] = {k: [] for k in (*rr_keys, "ndcg_before", "ndcg_after", "hr_before", "hr_after")}
     ms: list[float] = []
     cpu_ms: list[float] = []
     explainer = kg.PathExplainer(graph, scoring)  # the serving explainer: same output as kg.explain_items
@@ -468,6 +471,8 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         m = kg.explanation_metrics(graph, exps, history, ts, sep_values=table)
         for k, v in m.items():
             acc[k].append(v)
+        for kind, share in kg.first_path_kinds(exps).items():
+            kinds.setdefault(kind, []).append(share)
         acc["pn_score"].append(kg.pn_score(exps, history, scorer))
         hist_set = set(history)
         candidates = [i for i in ds.catalogue.ids if i not in hist_set]
@@ -480,7 +485,7 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         )
         re_exps = [by_item[i] for i in order[:10]]
         rm = kg.explanation_metrics(graph, re_exps, history, ts, sep_values=table)
-        for k in ("fidelity", "lir", "sep", "etd"):
+        for k in rr_keys:
             rr[k].append(rm[k])
         test_id = int(ids[split.test[p]])
         before = top_ids.index(test_id) if test_id in top_ids[:10] else 10
@@ -491,6 +496,9 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         rr["hr_after"].append(hit_rate(np.array([after]), 10))
     out: dict[str, Any] = {
         "fidelity@10": _mean(acc["fidelity"]),
+        "fidelity@10_specific": _mean(acc["fidelity_specific"]),
+        "entity_share@10": _mean(acc["entity_share"]),
+        "first_path_kinds": {kind: _mean(v) for kind, v in kinds.items()},
         "faithfulness": _mean(acc["faithfulness"]),
         "lir": _mean(acc["lir"]),
         "sep": _mean(acc["sep"]),
@@ -504,6 +512,8 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
             "weight": args.rerank_weight,
             "pool": RERANK_POOL,
             "fidelity@10": _mean(rr["fidelity"]),
+            "fidelity@10_specific": _mean(rr["fidelity_specific"]),
+            "entity_share@10": _mean(rr["entity_share"]),
             "lir": _mean(rr["lir"]),
             "sep": _mean(rr["sep"]),
             "etd": _mean(rr["etd"]),
@@ -518,6 +528,9 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_meta": ckpt.meta,
         "path_scoring": dataclasses.asdict(scoring),
         "sim": "cosine of checkpoint item vectors",
+        "path_order": "by kind (person, company, specific category, coarse), then by score; coarse: genres, "
+        "decades, entities with specificity < path_scoring.coarse_specificity, categories named after a year, "
+        "decade or filming location",
         "explain_window": f"paths from the latest {window} history items (the model's history_len: 0 = that)",
         "history": "train items + validation item, time ordered with timestamps",
         "top_k": "ServingModel.top_k over all items not in the history",

@@ -84,8 +84,15 @@ def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Pat
     out = bench_kg.run_explain(args)
     assert (ckpt / "fedxrec.json").exists()
     assert out["users"] == 8 and out["faithfulness"] == 1.0
-    for key in ("fidelity@10", "lir", "sep", "etd", "pn_score", "pn_rank"):
+    for key in ("fidelity@10", "fidelity@10_specific", "entity_share@10", "lir", "sep", "etd", "pn_score", "pn_rank"):
         assert 0.0 <= out[key] <= 1.0
+    assert out["entity_share@10"] <= out["fidelity@10_specific"] <= out["fidelity@10"]
+    kinds = out["first_path_kinds"]
+    assert set(kinds) == {"person", "company", "category", "coarse", "none"}
+    assert sum(kinds.values()) == pytest.approx(1.0, abs=1e-3)
+    assert kinds["person"] + kinds["company"] == pytest.approx(out["entity_share@10"], abs=1e-3)
+    assert kinds["none"] == pytest.approx(1 - out["fidelity@10"], abs=1e-3)
+    assert 0.0 <= out["rerank"]["entity_share@10"] <= 1.0
     assert out["ms_per_user"] > 0
     assert 0.0 <= out["rerank"]["ndcg@10_after"] <= 1.0
     json.dumps(out)  # what is merged into summary.json
