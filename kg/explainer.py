@@ -26,20 +26,20 @@ import networkx as nx
 
 from kg.graph import graph_stats, item_label, require_item
 from kg.paths import (
-    KIND_RANK,
     Explanation,
     Path,
     PathScoring,
     Similarity,
     Triple,
     is_coarse_entity,
+    kind_rank,
     no_path_sentence,
     path_kind,
     recognisability,
     sentence,
 )
 from kg.recency import lir_by_item
-from kg.schema import EXPLANATION_KINDS, ITEM, RELATIONS, is_allowed, pattern_weight
+from kg.schema import ITEM, RELATIONS, is_allowed, pattern_weight
 
 # Allowed (history relation, target relation) -> pattern weight, and the best weight arriving
 # through each target relation (an upper bound of a path's pattern term).
@@ -90,7 +90,7 @@ class PathExplainer:
             r = []
             for entity, rels_t in self._links[target]:
                 recog, coarse = self._entity_terms(entity)
-                rank = min(KIND_RANK[path_kind(x, coarse)] for x in rels_t)
+                rank = min(kind_rank(path_kind(x, coarse), self.scoring.rank_by_kind) for x in rels_t)
                 r.append((rank, -recog * max(_BEST_PW[x] for x in rels_t), entity, recog, rels_t, coarse))
             r.sort(key=lambda x: (x[0], x[1]))
             self._ranked[target] = r
@@ -208,7 +208,7 @@ class PathExplainer:
         max_paths: int,
     ) -> list[_Best]:
         """The best path through each of the top ``max_paths`` shared entities, best first."""
-        sw = self.scoring.similarity_weight
+        sw, by_kind = self.scoring.similarity_weight, self.scoring.rank_by_kind
         t_id = self._item_id[target]
         sim_cache: dict[str, float] = {}
         best: list[_Best] = []
@@ -219,6 +219,7 @@ class PathExplainer:
             links = index.get(entity)
             if not links:
                 continue
+            kinds = {r_t: kind_rank(path_kind(r_t, coarse), by_kind) for r_t in rels_t}
             top = None
             for h, h_id, f_h, rels_h in links:
                 if h == target:
@@ -236,7 +237,7 @@ class PathExplainer:
                                 s = min(1.0, max(0.0, s)) if math.isfinite(s) else 0.0
                                 f = sim_cache[h] = 1.0 - sw + sw * s
                             score = score * f
-                        key = (KIND_RANK[path_kind(r_t, coarse)], -score, entity, h_id, r_h)
+                        key = (kinds[r_t], -score, entity, h_id, r_h)
                         if top is None or key < top[0]:
                             top = (key, h, r_h, r_t)
             if top is not None:
@@ -254,5 +255,5 @@ class PathExplainer:
             Triple(h, r_h, entity, item_label(g, h), e["label"]),
             Triple(target, r_t, entity, item_label(g, target), e["label"]),
         )
-        kind = EXPLANATION_KINDS[key[0]]
+        kind = path_kind(r_t, self._entity_terms(entity)[1])
         return Path(triples, key[3], t_id, entity, e["label"], e["type"], r_h, r_t, -key[1], kind)

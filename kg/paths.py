@@ -75,6 +75,8 @@ class PathScoring:
     ``popularity_share``: how much within-type popularity modulates an entity's specificity.
     ``coarse_specificity``: an entity less specific than this is a coarse link (ranked last, with
     genres and decades); 0 demotes none.
+    ``rank_by_kind``: order paths by kind, then score (default); ``False`` orders by score alone
+    (the ranking before kinds existed, kept for comparison).
     """
 
     recency_weight: float = 0.5
@@ -82,6 +84,7 @@ class PathScoring:
     popularity_share: float = 0.5
     lir_beta: float = DEFAULT_BETA
     coarse_specificity: float = 0.5
+    rank_by_kind: bool = True
 
     def __post_init__(self) -> None:
         for name in ("recency_weight", "similarity_weight", "popularity_share", "coarse_specificity"):
@@ -268,9 +271,18 @@ def _candidate_paths(
                 yield Path(triples, h_id, t_id, entity, e_data["label"], e_data["type"], r_h, r_t, score, kind)
 
 
-def _rank(paths: Iterable[Path], max_paths: int | None, *, per_entity: bool = True) -> tuple[Path, ...]:
+def kind_rank(kind: str, by_kind: bool) -> int:
+    """Rank of a path's kind in the ordering (0 first; always 0 when paths are ordered by score alone)."""
+    return KIND_RANK[kind] if by_kind else 0
+
+
+def _rank(
+    paths: Iterable[Path], max_paths: int | None, *, per_entity: bool = True, by_kind: bool = True
+) -> tuple[Path, ...]:
     """Best kind first, then best score (ties: entity id, then history item); one path per entity."""
-    ordered = sorted(paths, key=lambda p: (KIND_RANK[p.kind], -p.score, p.entity, p.history_item, p.history_relation))
+    ordered = sorted(
+        paths, key=lambda p: (kind_rank(p.kind, by_kind), -p.score, p.entity, p.history_item, p.history_relation)
+    )
     seen: set[str] = set()
     out: list[Path] = []
     for p in ordered:
@@ -355,7 +367,7 @@ def explain_items(
         found: Iterable[Path] = _candidate_paths(graph, target, index, factors, scoring, stats)
         if sim is not None:
             found = _with_similarity(found, sim, scoring.similarity_weight)
-        paths = _rank(found, max_paths, per_entity=per_entity)
+        paths = _rank(found, max_paths, per_entity=per_entity, by_kind=scoring.rank_by_kind)
         text = sentence(paths[0]) if paths else no_path_sentence(item_label(graph, target))
         out.append(Explanation(graph.nodes[target]["item_id"], paths, text))
     return out

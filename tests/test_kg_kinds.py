@@ -63,6 +63,8 @@ def test_person_path_first_even_when_a_genre_path_scores_higher(graph: nx.MultiD
     assert ex.sentence == "Because you watched Alpha (1995), also directed by Director One."
     assert all(p.kind == "coarse" for p in ex.paths[1:])
     assert max(p.score for p in ex.paths[1:]) > best.score  # the ordering is by kind, not by score
+    by_score = explain(graph, [1, 5], 2, sim=sim, scoring=PathScoring(similarity_weight=1.0, rank_by_kind=False))
+    assert by_score.best is not None and by_score.best.kind == "coarse"  # what it was before kinds
 
 
 def test_company_first_and_categories_named_after_a_year_or_location_are_coarse(graph: nx.MultiDiGraph) -> None:
@@ -131,5 +133,11 @@ def test_every_ranked_path_is_real_and_the_fast_explainer_agrees(graph: nx.Multi
             for e in want:
                 ranks = [("person", "company", "category", "coarse").index(p.kind) for p in e.paths]
                 assert ranks == sorted(ranks)
+    by_score = PathExplainer(graph, PathScoring(rank_by_kind=False))
+    for history in combinations(ids, 2):
+        want = explain_items(graph, list(history), ids, scoring=PathScoring(rank_by_kind=False))
+        assert by_score.explain(list(history), ids) == want
+        for e in want:
+            assert [p.score for p in e.paths] == sorted((p.score for p in e.paths), reverse=True)
     every = find_paths(graph, [1, 3, 5, 7], 2)  # all allowed paths, not only the kept ones
     assert every and all(graph.has_edge(t.head, t.tail, key=t.relation) for p in every for t in p.triples)
