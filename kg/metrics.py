@@ -232,10 +232,14 @@ def pn_rank(
 # ----------------------------------------------------------------------------------- re-ranking
 
 
-def _lir_sep(best: Path | None, recency: Mapping[int, float], table: Mapping[str, float], mix: np.ndarray) -> float:
+def _static_quality(
+    best: Path | None, recency: Mapping[int, float], table: Mapping[str, float], mix: np.ndarray
+) -> float:
+    """LIR, SEP and entity terms of an item's quality (mix: lir, sep, etd, entity weights)."""
     if best is None:
         return 0.0
-    return float(mix[0] * recency.get(best.history_item, 0.0) + mix[1] * table.get(best.entity, 0.0))
+    entity = 1.0 if best.kind in ENTITY_KINDS else 0.0
+    return float(mix[0] * recency.get(best.history_item, 0.0) + mix[1] * table.get(best.entity, 0.0) + mix[3] * entity)
 
 
 def rerank(
@@ -250,15 +254,17 @@ def rerank(
     lir_weight: float = 1.0,
     sep_weight: float = 1.0,
     etd_weight: float = 1.0,
+    entity_weight: float = 0.0,
     beta: float = DEFAULT_BETA,
 ) -> list[int]:
     """Reorder candidates by ``(1 - weight) * score + weight * explanation quality``, greedily.
 
     In the spirit of the paper's weighted optimisation: scores are min-max normalised over the
     candidates; an item's quality mixes the LIR and SEP of its best path and, for ETD, a bonus when
-    its path type is not yet in the list built so far (weights ``lir_weight``, ``sep_weight``,
-    ``etd_weight``, normalised to sum 1). Unexplained items have quality 0. ``weight = 0`` gives
-    the model order (ties keep the input order).
+    its path type is not yet in the list built so far, and 1 when its best path goes through a
+    person or a company (weights ``lir_weight``, ``sep_weight``, ``etd_weight``, ``entity_weight``,
+    normalised to sum 1). Unexplained items have quality 0. ``weight = 0`` gives the model order
+    (ties keep the input order).
 
     Raises
     ------
@@ -270,15 +276,15 @@ def rerank(
         raise ValueError(f"scores has shape {s.shape}, expected ({len(item_ids)},)")
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
-    mix = np.array([lir_weight, sep_weight, etd_weight], dtype=float)
+    mix = np.array([lir_weight, sep_weight, etd_weight, entity_weight], dtype=float)
     if (mix < 0).any() or mix.sum() == 0:
-        raise ValueError(f"lir/sep/etd weights must be >= 0 and not all 0, got {mix.tolist()}")
+        raise ValueError(f"lir/sep/etd/entity weights must be >= 0 and not all 0, got {mix.tolist()}")
     mix = mix / mix.sum()
     span = s.max() - s.min() if s.size else 0.0
     norm = (s - s.min()) / span if span > 0 else np.zeros_like(s)  # (n,)
     recency = lir_by_item(history, timestamps, beta)
     bests = [e.best if (e := explanations.get(item)) is not None else None for item in item_ids]
-    static = np.array([_lir_sep(b, recency, sep_values, mix) for b in bests])  # (n,)
+    static = np.array([_static_quality(b, recency, sep_values, mix) for b in bests])  # (n,)
     chosen: list[int] = []
     seen_types: set[str] = set()
     left = list(range(len(item_ids)))

@@ -30,7 +30,9 @@ and ``none``), counterfactual necessity (``pn_score``, ``pn_rank``: the history 
 item, rescored by :class:`shared.serving.ServingModel`), milliseconds to explain one user's top-10
 (paths and sentences, not scoring), and an explanation-aware re-ranking of the top-50
 (``explain.rerank.*``: its Fidelity@10, entity share, LIR/SEP/ETD and the full-ranking NDCG@10/HR@10
-of the test item before and after).
+of the test item before and after), and the same re-ranking toward items whose first path goes
+through a person or a company, at a few weights (``explain.rerank_entity``: entity share,
+Fidelity@10 without coarse links and NDCG@10/HR@10 after; the before figures are ``rerank``'s).
 
 Usage: ``python -m simulations.bench_kg [--checkpoint PATH] [--data-dir DIR] [--parts cold,explain]``
 """
@@ -74,6 +76,8 @@ ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 BIAS_WEIGHTS: tuple[float | None, ...] = (None, 0.25, 0.5, 0.75, 1.0, 1.5)
 NEIGHBOUR_CAPS: tuple[int | None, ...] = (20, 50, 100, None)
 RERANK_POOL = 50
+#: Weights of the re-ranking toward items explained through a person or a company (``explain.rerank_entity``).
+ENTITY_RERANK_WEIGHTS = (0.05, 0.1, 0.2, 0.3)
 
 
 # ============================================================================================ cold
@@ -456,6 +460,8 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     kinds: dict[str, list[float]] = {}
     rr_keys = ("fidelity", "fidelity_specific", "entity_share", "lir", "sep", "etd")
     rr: dict[str, list[float]] = {k: [] for k in (*rr_keys, "ndcg_before", "ndcg_after", "hr_before", "hr_after")}
+    re_keys = ("entity_share", "fidelity_specific", "ndcg_after", "hr_after")
+    re_entity: dict[float, dict[str, list[float]]] = {w: {k: [] for k in re_keys} for w in ENTITY_RERANK_WEIGHTS}
     ms: list[float] = []
     cpu_ms: list[float] = []
     explainer = kg.PathExplainer(graph, scoring)  # the serving explainer: same output as kg.explain_items
@@ -494,6 +500,26 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         rr["ndcg_after"].append(ndcg(np.array([after]), 10))
         rr["hr_before"].append(hit_rate(np.array([before]), 10))
         rr["hr_after"].append(hit_rate(np.array([after]), 10))
+        for w, acc_w in re_entity.items():
+            toward = kg.rerank(
+                top_ids,
+                top_scores,
+                by_item,
+                history=history,
+                sep_values=table,
+                weight=w,
+                timestamps=ts,
+                lir_weight=0.0,
+                sep_weight=0.0,
+                etd_weight=0.0,
+                entity_weight=1.0,
+            )
+            toward_exps = [by_item[i] for i in toward[:10]]
+            acc_w["entity_share"].append(kg.entity_share(toward_exps))
+            acc_w["fidelity_specific"].append(kg.fidelity_specific(toward_exps))
+            rank = toward.index(test_id) if test_id in toward[:10] else 10
+            acc_w["ndcg_after"].append(ndcg(np.array([rank]), 10))
+            acc_w["hr_after"].append(hit_rate(np.array([rank]), 10))
     out: dict[str, Any] = {
         "fidelity@10": _mean(acc["fidelity"]),
         "fidelity@10_specific": _mean(acc["fidelity_specific"]),
@@ -522,6 +548,16 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
             "hr@10_before": _mean(rr["hr_before"]),
             "hr@10_after": _mean(rr["hr_after"]),
         },
+        "rerank_entity": [
+            {
+                "weight": w,
+                "entity_share@10": _mean(a["entity_share"]),
+                "fidelity@10_specific": _mean(a["fidelity_specific"]),
+                "ndcg@10_after": _mean(a["ndcg_after"]),
+                "hr@10_after": _mean(a["hr_after"]),
+            }
+            for w, a in re_entity.items()
+        ],
     }
     settings = {
         "checkpoint": str(ckpt_path),

@@ -93,6 +93,11 @@ def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Pat
     assert kinds["person"] + kinds["company"] == pytest.approx(out["entity_share@10"], abs=1e-3)
     assert kinds["none"] == pytest.approx(1 - out["fidelity@10"], abs=1e-3)
     assert 0.0 <= out["rerank"]["entity_share@10"] <= 1.0
+    toward = out["rerank_entity"]
+    assert [r["weight"] for r in toward] == list(bench_kg.ENTITY_RERANK_WEIGHTS)
+    for r in toward:  # re-ranking toward person/company explanations never lowers their share
+        assert out["entity_share@10"] - 1e-3 <= r["entity_share@10"] <= 1.0
+        assert 0.0 <= r["ndcg@10_after"] <= 1.0
     assert out["ms_per_user"] > 0
     assert 0.0 <= out["rerank"]["ndcg@10_after"] <= 1.0
     json.dumps(out)  # what is merged into summary.json

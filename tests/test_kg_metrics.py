@@ -210,6 +210,18 @@ def test_rerank_etd_bonus_prefers_a_new_path_type() -> None:
     assert order == [1, 3, 2]
 
 
+def test_rerank_entity_term_lifts_a_person_explained_item() -> None:
+    items = [1, 2, 3]
+    scores = np.array([1.0, 0.95, 0.9])  # normalised: 1, 0.5, 0
+    exs = {1: _ex(1, _path(20, 1, "g", "has_genre", "coarse")), 2: _ex(2, _path(20, 2, "p", kind="person"))}
+    kw = {"history": [20], "sep_values": {}, "lir_weight": 0, "sep_weight": 0, "etd_weight": 0, "entity_weight": 1}
+    # gain = (1 - w) * norm + w * [person]: item 2 overtakes item 1 when 0.5 + 0.5 w > 1 - w, i.e. w > 1/3
+    assert rerank(items, scores, exs, weight=0.3, **kw) == [1, 2, 3]
+    assert rerank(items, scores, exs, weight=0.4, **kw) == [2, 1, 3]
+    with pytest.raises(ValueError, match="entity"):
+        rerank(items, scores, exs, history=[20], sep_values={}, entity_weight=-1.0)
+
+
 def test_explanation_metrics_summary(graph: nx.MultiDiGraph) -> None:
     exs = explain_items(graph, [2, 3], [1, 4, 5])
     out = explanation_metrics(graph, exs, [2, 3])
