@@ -183,8 +183,6 @@ def add_kg(p: argparse.ArgumentParser) -> None:
 def _num_nodes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-nodes",
-        "--nodes",
-        dest="num_nodes",
         type=positive_int,
         default=None,
         help="simulated nodes (default: the dataset's user count, one user per node)",
