@@ -139,10 +139,15 @@ def dp_step_overhead(
 
 
 def run(args: argparse.Namespace) -> int:
-    out = options.output("fed", "bench_fed", args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    users = options.num_users(args.dataset, args.data_dir)
+    if args.num_nodes == users:  # the default, spelt out
+        args.num_nodes = None
+    out = options.output("fed", "bench_fed", args)
     data = {"data.dataset": args.dataset, **({"data.dir": args.data_dir} if args.data_dir else {})}
-    nodes = args.num_nodes or options.num_users(args.dataset, args.data_dir)
+    nodes = args.num_nodes or users
+    if nodes > users:
+        raise SystemExit(f"bench_fed: error: --num-nodes {nodes} exceeds the {users} users of {args.dataset}")
     figures: dict[str, Any] = {"runs": {}, "cost": {}}
     for name in [] if args.dp_overhead_only else args.presets:
         ov = {**PRESETS[name], **data}

@@ -536,6 +536,8 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint and Path(args.checkpoint).resolve() == options.default_checkpoint(args.dataset).resolve():
+        args.checkpoint = ""  # the default, spelt out
     out = options.output("kg", "bench_kg", args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
