@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: install run test central bench lint
+.PHONY: install run test central bench audit download lint
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install  ## the main job: the default local federated simulation on ml-100k
-	$(BIN)/python -m simulations.run_default
+	$(BIN)/fedxrec run
 
 test: install  ## the test suite
 	$(BIN)/python -m pytest -q
@@ -33,12 +33,18 @@ test: install  ## the test suite
 central: install  ## the centralised reference run and the baselines
 	$(BIN)/fedxrec central
 
-bench: install  ## all benchmarks; figures go to results/
-	$(BIN)/python -m simulations.bench_core
-	$(BIN)/python -m simulations.bench_kg
-	$(BIN)/python -m simulations.bench_fed
-	$(BIN)/python -m simulations.bench_dp --parts presets,curve,ablation
-	$(BIN)/python -m simulations.bench_api
+bench: install  ## all benchmarks at their documented settings; figures go to results/
+	$(BIN)/fedxrec bench core
+	$(BIN)/fedxrec bench kg
+	$(BIN)/fedxrec bench fed
+	$(BIN)/fedxrec bench dp --parts presets,curve,ablation
+	$(BIN)/fedxrec bench api
+
+audit: install  ## the privacy audit of the presets' checkpoints and the fault cases
+	$(BIN)/fedxrec audit
+
+download: install  ## ml-100k and its DBpedia KG, checksums verified
+	$(BIN)/fedxrec download
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

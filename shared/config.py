@@ -18,6 +18,12 @@ from shared.errors import ConfigError
 
 T = TypeVar("T")
 
+#: the datasets every command accepts (``--dataset``, ``data.dataset``); the first is the default, whose
+#: benchmark figures sit at the top level of results/summary.json (others under ``datasets.<name>.``).
+#: One place to point at the dataset registry.
+DATASETS: tuple[str, ...] = ("ml-100k", "ml-latest-small")
+DEFAULT_DATASET = DATASETS[0]
+
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:

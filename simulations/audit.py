@@ -1,4 +1,4 @@
-"""Privacy and fault audit: ``python -m simulations.audit [--parts mia,leak,replay,faults]``.
+"""Privacy and fault audit: ``fedxrec audit [--parts mia,leak,replay,faults]`` (``python -m simulations.audit``).
 
 The privacy parts audit the models users would get: the presets' own checkpoints, which the
 benchmarks leave under ``results/fed/<preset>/checkpoint`` (``python -m simulations.bench_fed
@@ -14,7 +14,9 @@ skipped with a message naming the path and the command that makes it.
 
 Writes ``privacy.*`` and ``faults.*`` into ``results/summary.json`` (this audit's keys replaced, every
 other key left alone; ``privacy.provenance.<part>`` holds each part's command and settings) and
-re-renders ``results/README.md``.
+re-renders ``results/README.md``. ``--dataset NAME`` audits that dataset's presets (checkpoints in
+``results/fed/<name>-<preset>/``; figures under ``datasets.<name>.privacy``); any attack setting off its
+default, ``--set`` or ``--checkpoints`` makes an ad-hoc run, written under ``runs/audit/`` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import DEFAULT_DATASET
+from simulations import options
 from simulations.runner import ENV
 
 log = logging.getLogger("simulations.audit")
@@ -50,12 +54,15 @@ STAND_IN_KEYS = (
 )
 
 
-def replace_in_summary(section: str, entries: dict[str, Any], *, merge: tuple[str, ...] = ()) -> None:
+def replace_in_summary(
+    section: str | list[str], entries: dict[str, Any], *, merge: tuple[str, ...] = (), path: Path | None = None
+) -> None:
     """Set ``summary[section][key] = value`` for each entry, replacing (not merging) old values.
 
-    A value of ``None`` deletes the key; keys in ``merge`` are dicts updated one level deep instead.
-    Used for this audit's own keys, so that a re-run leaves no stale sub-keys behind; takes the same
-    lock as :func:`simulations.results.merge_summary`.
+    ``section``: a key, or a key path (``["datasets", name, "privacy"]``); ``path``: the summary file
+    (default ``results/summary.json``). A value of ``None`` deletes the key; keys in ``merge`` are dicts
+    updated one level deep instead. Used for this audit's own keys, so that a re-run leaves no stale
+    sub-keys behind; takes the same lock as :func:`simulations.results.merge_summary`.
     """
     import fcntl
     import json
@@ -63,12 +70,14 @@ def replace_in_summary(section: str, entries: dict[str, Any], *, merge: tuple[st
     from shared.io import atomic_write_text
     from simulations.results import RESULTS
 
-    path = RESULTS / "summary.json"
+    path = path or RESULTS / "summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.exists() else {}
-        sec = data.setdefault(section, {})
+        sec = data
+        for key in [section] if isinstance(section, str) else section:
+            sec = sec.setdefault(key, {})
         for k, v in entries.items():
             if v is None:
                 sec.pop(k, None)
@@ -83,7 +92,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Run-config overrides under every preset: ``--data-dir`` and each ``--set KEY=VALUE`` (JSON or text)."""
     import json
 
-    out: dict[str, Any] = {"data.dir": args.data_dir} if args.data_dir else {}
+    out: dict[str, Any] = {"data.dataset": args.dataset}
+    if args.data_dir:
+        out["data.dir"] = args.data_dir
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -124,7 +135,7 @@ def _mia(args: argparse.Namespace, results: Path) -> tuple[dict[str, Any], dict[
     from shared.serving import ServingModel
     from simulations import audit_privacy as ap
 
-    found, missing = ap.preset_checkpoints(ap.MIA_PRESETS, results)
+    found, missing = ap.preset_checkpoints(ap.MIA_PRESETS, results, args.dataset)
     _skipped(missing, "mia")
     settings = ap.MiaSettings(users=args.mia_users, per_user=args.mia_per_user, recent=args.mia_recent)
     keys = ("mia_auc", "mia_score_auc", "mia_auc_recent", "mia_auc_calibrated", "mia_auc_reference")
@@ -167,7 +178,7 @@ def _leak(args: argparse.Namespace, results: Path) -> tuple[dict[str, Any], dict
     from shared.pipeline import prepare
     from simulations import audit_privacy as ap
 
-    found, missing = ap.preset_checkpoints(ap.LEAK_PRESETS, results)
+    found, missing = ap.preset_checkpoints(ap.LEAK_PRESETS, results, args.dataset)
     _skipped(missing, "leak")
     out: dict[str, Any] = {"upload_leak_p10": {}, "upload_leak_p10_id_residual": {}, "upload_leak": {}}
     out["upload_leak_skipped"] = missing or None
@@ -268,43 +279,31 @@ def _replay(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     return out, settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulations.audit", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--parts", default="mia,leak,replay,faults", help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", ""))
-    p.add_argument("--checkpoints", default="", help="results dir holding fed/<preset>/checkpoint (default: results/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override (tests)")
-    p.add_argument("--mia-users", type=int, default=0, help="attacked users (0: every user)")
-    p.add_argument("--mia-per-user", type=int, default=20, help="members (and as many non-members) per user")
-    p.add_argument("--mia-recent", type=int, default=3, help="newest interactions the 'recent' attacker knows")
-    p.add_argument("--leak-users", type=int, default=40)
-    p.add_argument("--replay-partition", type=int, default=0, help="the replayed device's partition (one user each)")
-    p.add_argument("--replay-node-id", type=int, default=7_345_617_289_530_114_201, help="its Flower node id")
-    p.add_argument("--replay-seeds", type=int, default=256, help="also try the seeds 0..N-1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fault-cases", default="corrupt_inputs,poisoned_update,supernode_killed,superlink_restart")
-    args = p.parse_args(argv)
-    parts = {s.strip() for s in args.parts.split(",") if s.strip()}
-    bad = parts - set(PARTS)
-    if bad:
-        p.error(f"unknown parts {sorted(bad)}; choose from {PARTS}")
+def run(args: argparse.Namespace) -> int:
+    parts = set(args.parts)
+    if "faults" in parts and args.dataset != DEFAULT_DATASET:
+        raise SystemExit(
+            f"audit: error: --parts faults runs on a slice of {DEFAULT_DATASET} only; "
+            f"with --dataset {args.dataset} choose from mia,leak,replay"
+        )
+    fault_cases = [c.strip() for c in args.fault_cases.split(",") if c.strip()]
+    out = options.output("audit", "audit", args)
     for k, v in ENV.items():
         os.environ.setdefault(k, v)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
     import torch
 
-    from simulations.report import write_readme
     from simulations.results import RESULTS, provenance
 
     torch.set_num_threads(int(os.environ.get("FEDXREC_AUDIT_THREADS", "1")))
     results = Path(args.checkpoints) if args.checkpoints else RESULTS
     rc = 0
-    for part, run in (("mia", _mia), ("leak", _leak), ("replay", None)):
+    for part, fn in (("mia", _mia), ("leak", _leak), ("replay", None)):
         if part not in parts:
             continue
         t0 = time.time()
-        figures, settings = _replay(args) if run is None else run(args, results)
+        figures, settings = _replay(args) if fn is None else fn(args, results)
         skipped = settings.get("skipped", {})
         if part in ("mia", "leak") and not settings.get("models" if part == "mia" else "devices"):
             log.error("%s: no preset has a checkpoint under %s; nothing audited", part, results / "fed")
@@ -312,22 +311,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         prov = provenance(settings | {"overrides": _overrides(args), "seconds": round(time.time() - t0, 1)})
         entries = figures | {"provenance": {part: prov}}
-        _drop_stand_in()
-        replace_in_summary("privacy", entries, merge=("provenance",))
-        write_readme()
+        if out.write:
+            _drop_stand_in(out.summary, out.keys("privacy"))
+            replace_in_summary(out.keys("privacy"), entries, merge=("provenance",), path=out.summary)
+        out.readme()
         if skipped:
             log.warning("%s: %d preset(s) skipped (see above)", part, len(skipped))
     if "faults" in parts:
         from simulations.audit_faults import run_faults
 
-        cases = [c.strip() for c in args.fault_cases.split(",") if c.strip()]
-        results_f, settings_f = run_faults(cases, data_dir=args.data_dir)
+        try:
+            results_f, settings_f = run_faults(fault_cases, data_dir=args.data_dir)
+        except ValueError as e:  # an unknown case, named
+            raise SystemExit(f"audit: error: --fault-cases: {e}") from None
         prov = provenance(settings_f)
         # faults.provenance = the latest invocation; each case keeps the one that produced it
-        replace_in_summary(
-            "faults", {case: r | {"provenance": prov} for case, r in results_f.items()} | {"provenance": prov}
-        )
-        write_readme()
+        if out.write:
+            replace_in_summary(
+                out.keys("faults"),
+                {case: r | {"provenance": prov} for case, r in results_f.items()} | {"provenance": prov},
+                path=out.summary,
+            )
+        out.readme()
         failed = [c for c, r in results_f.items() if r.get("status") != "pass"]
         if failed:
             log.error("fault cases failed: %s", failed)
@@ -335,17 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def _drop_stand_in() -> None:
+def main(argv: list[str] | None = None) -> int:
+    args = options.parser("audit", "python -m simulations.audit", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("audit"):
+        return run(args)
+
+
+def _drop_stand_in(path: Path, section: list[str]) -> None:
     """Remove the stand-in audit's figures (recognised by its one flat ``privacy.provenance``)."""
     import json
 
-    from simulations.results import RESULTS
-
-    path = RESULTS / "summary.json"
     if path.exists():
-        prov = json.loads(path.read_text()).get("privacy", {}).get("provenance")
+        node: Any = json.loads(path.read_text())
+        for key in section:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        prov = node.get("provenance") if isinstance(node, dict) else None
         if isinstance(prov, dict) and "command" in prov:
-            replace_in_summary("privacy", dict.fromkeys(STAND_IN_KEYS))
+            replace_in_summary(section, dict.fromkeys(STAND_IN_KEYS), path=path)
 
 
 if __name__ == "__main__":

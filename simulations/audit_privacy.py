@@ -66,7 +66,7 @@ from client.config import ClientRunConfig, LocalConfig, PrivacyConfig
 from client.data import NodeData, subset_split
 from client.privacy import NodePrivacy, plan_noise
 from client.train import _groups, build_model, dp_samples, train_dp, train_plain
-from shared.config import ModelConfig, TrainConfig
+from shared.config import DEFAULT_DATASET, ModelConfig, TrainConfig
 from shared.model import Recommender
 from shared.pipeline import Prepared
 from shared.serving import ServingModel
@@ -130,30 +130,32 @@ def random_precision(num_true: int, num_items: int) -> float:
 # --------------------------------------------------------------------------- the presets' models
 
 
-def checkpoint_dir(preset: str, results: Path) -> Path:
-    """Where the benchmarks leave ``preset``'s trained model."""
-    return results / "fed" / preset / "checkpoint"
+def checkpoint_dir(preset: str, results: Path, dataset: str = DEFAULT_DATASET) -> Path:
+    """Where the benchmarks leave ``preset``'s trained model (``fed/<dataset>-<preset>`` for another dataset)."""
+    return results / "fed" / (preset if dataset == DEFAULT_DATASET else f"{dataset}-{preset}") / "checkpoint"
 
 
-def make_command(preset: str) -> str:
+def make_command(preset: str, dataset: str = DEFAULT_DATASET) -> str:
     """The documented command that trains ``preset`` and writes its checkpoint."""
     from simulations.presets import DP_SUMMARY_KEYS
 
-    if preset in DP_SUMMARY_KEYS:
-        return f"python -m simulations.bench_dp --presets {preset}"
-    return f"python -m simulations.bench_fed --presets {preset}"
+    bench = "bench_dp" if preset in DP_SUMMARY_KEYS else "bench_fed"
+    data = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
+    return f"python -m simulations.{bench} --presets {preset}{data}"
 
 
-def preset_checkpoints(presets: tuple[str, ...], results: Path) -> tuple[dict[str, Path], dict[str, str]]:
+def preset_checkpoints(
+    presets: tuple[str, ...], results: Path, dataset: str = DEFAULT_DATASET
+) -> tuple[dict[str, Path], dict[str, str]]:
     """The presets' checkpoint directories that exist, and a message for each one that does not."""
     found: dict[str, Path] = {}
     missing: dict[str, str] = {}
     for name in presets:
-        d = checkpoint_dir(name, results)
+        d = checkpoint_dir(name, results, dataset)
         if (d / "fedxrec.json").is_file():
             found[name] = d
         else:
-            missing[name] = f"no checkpoint at {d}: train it with `{make_command(name)}`"
+            missing[name] = f"no checkpoint at {d}: train it with `{make_command(name, dataset)}`"
     return found, missing
 
 

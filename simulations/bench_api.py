@@ -3,11 +3,12 @@
 Starts ``fedxrec serve`` (uvicorn, N workers) as a separate process on 127.0.0.1, then for each
 concurrency level sends a fixed number of requests (stopping early at a time cap) from a raw
 asyncio HTTP/1.1 keep-alive client (cheap, so the 2-core machine's CPU goes to the server).
-Histories are the 20 latest items of real ml-100k users. Figures are merged into
+Histories are the 20 latest items of real users of ``--dataset`` (ml-100k). Figures are merged into
 ``results/summary.json`` under ``api`` (``p50_ms``, ``p99_ms``, ``rps`` at the highest
-concurrency, ``c1_p50_ms`` ...) with the command and settings that produced them.
+concurrency, ``c1_p50_ms`` ...) with the command and settings that produced them (another dataset:
+under ``datasets.<name>.api``; other load settings: ``runs/bench_api/``).
 
-    python -m simulations.bench_api [--checkpoint runs/central/checkpoint] [--data-dir $FEDXREC_DATA_DIR]
+    fedxrec bench api [--checkpoint runs/central/checkpoint] [--data-dir $FEDXREC_DATA_DIR]
 """
 
 from __future__ import annotations
@@ -26,22 +27,26 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.results import merge_summary, provenance
+from simulations import options
+from simulations.results import provenance
 
 log = logging.getLogger("bench_api")
 
 
-def histories(data_dir: Path, length: int, n: int, seed: int = 0) -> list[list[int]]:
-    """The ``length`` latest items (oldest first) of ``n`` sampled ml-100k users with enough history."""
-    by_user: dict[int, list[tuple[int, int]]] = {}
-    with open(data_dir / "ml-100k" / "u.data", encoding="latin-1") as f:
-        for line in f:
-            u, i, _, t = line.split("\t")
-            by_user.setdefault(int(u), []).append((int(t), int(i)))
-    users = sorted(u for u, rows in by_user.items() if len(rows) >= length)
+def histories(dataset: str, data_dir: Path, length: int, n: int, seed: int = 0) -> list[list[int]]:
+    """The ``length`` latest item ids (oldest first) of ``n`` sampled users of ``dataset`` with enough history."""
+    from shared.data import load_dataset
+
+    ds = load_dataset(dataset, data_dir)
+    inter, ids = ds.interactions, np.asarray(ds.catalogue.ids)
+    order = np.lexsort((inter.timestamps, inter.users))  # by user, then time (stable: file order on ties)
+    users, rows = inter.users[order], inter.items[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    eligible = [(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True) if e - s >= length]
     rng = np.random.default_rng(seed)
-    picked = rng.choice(users, size=min(n, len(users)), replace=False)
-    return [[i for _, i in sorted(by_user[int(u)], key=lambda r: r[0])[-length:]] for u in picked]
+    picked = rng.choice(len(eligible), size=min(n, len(eligible)), replace=False)
+    return [ids[rows[eligible[j][1] - length : eligible[j][1]]].tolist() for j in sorted(picked.tolist())]
 
 
 def _free_port() -> int:
@@ -128,33 +133,28 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], workers: int, timeout:
     raise RuntimeError(f"{len(seen)} of {workers} workers ready after {timeout}s")
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--checkpoint",
-        default=os.environ.get("FEDXREC_CHECKPOINT", "runs/central/checkpoint"),
-        help="checkpoint to serve ($FEDXREC_CHECKPOINT, else runs/central/checkpoint)",
-    )
-    p.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", "data"))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--concurrency", default="1,32", help="comma-separated levels; the last is reported as api.rps")
-    p.add_argument("--requests", type=int, default=3000, help="requests per level")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="time cap per level")
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--history-len", type=int, default=20)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--server-log", default=None, help="server output file (default: a temp file)")
-    p.add_argument("--out", default=None, help="summary.json to merge into (default results/summary.json)")
-    args = p.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
+def run(args: argparse.Namespace) -> dict[str, object]:
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        raise SystemExit(
+            f"bench_api: error: --concurrency: expected comma-separated numbers, got {args.concurrency!r}"
+        ) from None
+    checkpoint = args.checkpoint or str(options.default_checkpoint(args.dataset))
+    if not (Path(checkpoint) / "fedxrec.json").is_file():
+        raise SystemExit(
+            f"bench_api: error: no checkpoint at {checkpoint} (make it with `fedxrec central --dataset {args.dataset}`)"
+        )
+    out = options.output("api", "bench_api", args)
     load_before = os.getloadavg()[0]  # the machine is shared: other work inflates the figures
-    data_dir = Path(args.data_dir)
+    data_dir = options.resolve_data_dir(args.data_dir)
     port = _free_port()
     state = tempfile.mkdtemp(prefix="fedxrec-bench-api-")
     env = {
         **os.environ,
-        "FEDXREC_CHECKPOINT": str(args.checkpoint),
+        "FEDXREC_CHECKPOINT": checkpoint,
         "FEDXREC_DATA_DIR": str(data_dir),
+        "FEDXREC_DATASET": args.dataset,
         "FEDXREC_STATE_DIR": state,
         "FEDXREC_PORT": str(port),
         "FEDXREC_WORKERS": str(args.workers),
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(port, proc, args.workers, timeout=180)
-            hist = histories(data_dir, args.history_len, 200)
+            hist = histories(args.dataset, data_dir, args.history_len, 200)
             bodies = [
                 _raw_post(port, "/v1/recommend", {"history": h, "k": args.k, "exclude_seen": True, "explain": True})
                 for h in hist
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "by_concurrency": {str(c): f for c, f in figures.items()},
         **provenance(
             {
-                "checkpoint": str(args.checkpoint),
+                "checkpoint": checkpoint,
+                "dataset": args.dataset,
                 "workers": args.workers,
                 "concurrency": levels,
                 "requests_per_level": args.requests,
@@ -207,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             }
         ),
     }
-    out = Path(args.out) if args.out else None
-    merge_summary({"api": api}, out)
+    out.merge({"api": api})
     log.info(
         "api figures: p50 %.2f ms, p99 %.2f ms, %.1f req/s at c=%d; c=1 p50 %.2f ms",
         api["p50_ms"],
@@ -218,6 +218,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         api["c1_p50_ms"],
     )
     return api
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = options.parser("api", "python -m simulations.bench_api", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("bench_api"):
+        return run(args)
 
 
 if __name__ == "__main__":

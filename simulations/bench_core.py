@@ -1,9 +1,11 @@
 """Core benchmark: centralised reference runs, baselines, and the cost of ``k`` and of the cache.
 
 Writes ``runs.{mostpop,bprmf-central,central,...}``, ``cost.train_step_seconds.k0|k1|k2`` and
-``cost.prefix_cache_speedup`` into ``results/summary.json`` and regenerates ``results/README.md``.
+``cost.prefix_cache_speedup`` into ``results/summary.json`` and regenerates ``results/README.md``
+(ad-hoc settings: under ``runs/bench_core/``; see :func:`simulations.results.output_for`).
 
-Usage: ``python -m simulations.bench_core [--epochs 20] [--quick]``
+Usage: ``fedxrec bench core [--runs mostpop,central] [--dataset ml-latest-small]`` (or
+``python -m simulations.bench_core``); ``fedxrec central`` is ``--runs mostpop,bprmf-central,central``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from shared.config import Config, DataConfig, ModelConfig, TrainConfig
 from shared.model import Recommender
 from shared.pipeline import Prepared, build_model, prepare
 from shared.training import Sequences, make_batch, sample_losses
-from simulations.report import write_readme
-from simulations.results import merge_summary, provenance
+from simulations import options
+from simulations.results import provenance
 
 log = logging.getLogger("fedxrec.bench_core")
 
@@ -129,27 +131,27 @@ def step_costs(cfg: Config, prep: Prepared, repeats: int = 7) -> dict[str, objec
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default="", help="data directory (default $FEDXREC_DATA_DIR or ./data)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--bpr-epochs", type=int, default=100)
-    ap.add_argument("--runs", default="mostpop,bprmf-central,central,central-idres,central-textonly,cost")
-    ap.add_argument("--checkpoint", default="runs/central/checkpoint", help="where the 'central' model is saved")
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (1 is robust on a shared 2-core box)"
-    )
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace, command: str = "core") -> int:
+    """The runs of ``args.runs`` (``command``: ``core``, or ``central`` for ``fedxrec central``)."""
+    out = options.output(command, "bench_core", args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    cfg = Config(data=DataConfig(dir=args.data_dir), model=ModelConfig(), train=TrainConfig(epochs=args.epochs))
+    data = DataConfig(dataset=args.dataset, dir=args.data_dir)
+    cfg = Config(data=data, model=ModelConfig(), train=TrainConfig(epochs=args.epochs))
     prep = prepare(cfg)
-    wanted = args.runs.split(",")
+    wanted = list(args.runs)
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    elif out.documented:
+        checkpoint = options.default_checkpoint(args.dataset)
+    else:  # an ad-hoc model never replaces the one the other benchmarks and the API read
+        checkpoint = out.root / options.default_checkpoint(args.dataset).relative_to("runs")
     runs: dict[str, dict[str, object]] = {}
+    base = {"dataset": args.dataset}
 
     def record(name: str, res: RunResult, settings: dict[str, object]) -> None:
-        runs[name] = res.summary() | {"provenance": provenance(settings)}
-        merge_summary({"runs": {name: runs[name]}})
+        runs[name] = res.summary() | {"provenance": provenance(base | settings)}
+        out.merge({"runs": {name: runs[name]}})
 
     if "mostpop" in wanted:
         record("mostpop", run_mostpop(prep.split), {})
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, mcfg in variants.items():
         if name in wanted:
-            ck = Path(args.checkpoint) if name == "central" else None
+            ck = checkpoint if name == "central" else None
             res = central_run(prep, mcfg, cfg.train, name, ck)
             record(name, res, {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(cfg.train)})
     if "bprmf-central" in wanted:
@@ -176,9 +178,17 @@ def main(argv: list[str] | None = None) -> None:
         record("bprmf-central", res, best | {"grid": grid, "selected_on": "validation hr@10 + ndcg@10"})
     if "cost" in wanted:
         costs = step_costs(cfg, prep)
-        merge_summary({"cost": costs | {"core_provenance": provenance({"model": dataclasses.asdict(cfg.model)})}})
-    write_readme()
+        prov = provenance(base | {"model": dataclasses.asdict(cfg.model)})
+        out.merge({"cost": costs | {"core_provenance": prov}})
+    out.readme()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options.parser("core", "python -m simulations.bench_core", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("bench_core"):
+        return run(args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,13 +6,14 @@ cryptography). Figures are P1 test at the best validation round, with the experi
 evaluation (outside the protocol: under DP no device sends evaluation figures). ε is the largest
 device's cumulative record-level ε (δ = ``dp.delta``), from the public settings.
 
-Usage::
+Usage (``fedxrec bench dp`` is ``python -m simulations.bench_dp``)::
 
-    python -m simulations.bench_dp                                # the DP presets on ml-100k
-    python -m simulations.bench_dp --parts curve,ablation         # privacy–utility curve, ablation
-    python -m simulations.bench_dp --dataset ml-latest-small --presets fed-dp-eps8
+    fedxrec bench dp                                          # the DP presets on ml-100k
+    fedxrec bench dp --parts curve,ablation                   # privacy–utility curve, ablation
+    fedxrec bench dp --dataset ml-latest-small --presets fed-dp-eps8
 
-Only these documented commands write ``results/``; ``--rounds`` (a shorter run) writes under ``runs/``.
+Only these documented commands write ``results/``; ``--rounds`` (a shorter run) writes under
+``runs/bench_dp/`` (:func:`simulations.results.output_for`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from client.config import parse_run_config
 from server.config import parse_server_config
 from server.loop import initial_model
 from shared.checkpoint import save_checkpoint
+from shared.config import DEFAULT_DATASET
 from shared.pipeline import prepare
+from simulations import options
 from simulations.dp_union import UnionRun, run_union
-from simulations.presets import ABLATION, CURVE_BASES, CURVE_EPSILONS, DP_SUMMARY_KEYS, PRESETS
-from simulations.results import provenance, replace_summary
-from simulations.runner import REPO, run_config
+from simulations.presets import ABLATION, CURVE_BASES, CURVE_EPSILONS, PRESETS
+from simulations.results import provenance
+from simulations.runner import run_config
 
 log = logging.getLogger(__name__)
 
@@ -84,47 +87,33 @@ def run_dp(overrides: dict[str, Any], checkpoint: Path | None = None) -> dict[st
     }
 
 
-def _keys(dataset: str, *keys: str) -> list[str]:
-    """Where a figure goes in summary.json: ``keys``, under ``datasets.<name>.`` for another dataset."""
-    return list(keys) if dataset == "ml-100k" else ["datasets", dataset, *keys]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.bench_dp", description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--presets", default=",".join(DP_SUMMARY_KEYS), help=f"comma-separated, from {sorted(PRESETS)}")
-    ap.add_argument("--dataset", default="ml-100k")
-    ap.add_argument(
-        "--parts",
-        default="presets",
-        help="comma-separated: presets (the DP presets), curve (HR@10 against ε), ablation",
-    )
-    ap.add_argument("--rounds", type=int, default=0, help="shorter runs (written under runs/, not results/)")
-    ap.add_argument("--results", default=str(REPO / "results"))
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    out = options.output("dp", "bench_dp", args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    documented = args.rounds == 0
-    out_dir = Path(args.results) if documented else REPO / "runs" / "bench_dp"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = out_dir / "summary.json"
-    base = {"data.dataset": args.dataset}
+    out.root.mkdir(parents=True, exist_ok=True)
+    base = {"data.dataset": args.dataset, **({"data.dir": args.data_dir} if args.data_dir else {})}
 
     def figures(name: str, ov: dict[str, Any], keep: bool = False) -> dict[str, Any]:
         ov = {**ov, **base}
         if args.rounds:
             ov["num-server-rounds"] = args.rounds
-        where = out_dir / "fed" / (name if args.dataset == "ml-100k" else f"{args.dataset}-{name}") / "checkpoint"
-        fig = run_dp(ov, where if keep else None)
+        fig = run_dp(ov, out.run_dir(name) / "checkpoint" if keep else None)
         fig["provenance"] = provenance(ov)
         log.info("%s: %s", name, json.dumps({k: v for k, v in fig.items() if k not in ("settings", "curve")}))
         return fig
 
-    parts = set(args.parts.split(","))
-    if parts - {"presets", "curve", "ablation"}:
-        ap.error(f"unknown parts {sorted(parts - {'presets', 'curve', 'ablation'})}; known: presets, curve, ablation")
-    for name in [p for p in args.presets.split(",") if p] if "presets" in parts else []:
-        if name not in PRESETS:
-            ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        replace_summary(_keys(args.dataset, "runs", name), figures(name, PRESETS[name], keep=True), summary)
+    parts = set(args.parts)
+    if "ablation" in parts:  # check before any run: the ablation reuses the presets' figures
+        runs = out.section(out.load()).get("runs", {})
+        have = set(runs) | (set(args.presets) if "presets" in parts else set())
+        for name, ov in ABLATION.items():
+            if isinstance(ov, str) and ov not in have:
+                raise SystemExit(
+                    f"bench_dp: error: ablation step {name!r} reuses runs.{ov} of {out.summary}: "
+                    f"run `--parts presets --presets {ov}` first (same settings)"
+                )
+    for name in args.presets if "presets" in parts else []:
+        out.replace(["runs", name], figures(name, PRESETS[name], keep=True))
     if "curve" in parts:
         curves: dict[str, dict[str, Any]] = {}
         for route, preset in CURVE_BASES.items():
@@ -142,25 +131,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 points["inf" if not eps else f"{eps:g}"] = figures(f"curve {route} eps={eps or 'inf'}", ov)
             curves[route] = points
-            replace_summary(_keys(args.dataset, "privacy_utility", route), points, summary)
-        name = "privacy_utility.png" if args.dataset == "ml-100k" else f"privacy_utility_{args.dataset}.png"
-        plot_curve(curves, out_dir / name)
+            out.replace(["privacy_utility", route], points)
+        name = "privacy_utility.png" if out.dataset == DEFAULT_DATASET else f"privacy_utility_{out.dataset}.png"
+        plot_curve(curves, out.root / name, out.dataset)
     if "ablation" in parts:
-        done = json.loads(summary.read_text()) if summary.exists() else {}
-        runs = (done if args.dataset == "ml-100k" else done.get("datasets", {}).get(args.dataset, {})).get("runs", {})
+        runs = out.section(out.load()).get("runs", {})
         table = {}
         for name, ov in ABLATION.items():
-            if isinstance(ov, str):  # the same settings as a preset: its figures (run `--parts presets` first)
-                if ov not in runs:
-                    ap.error(f"ablation step {name!r} reuses runs.{ov}: run `--parts presets` first")
-                table[name] = runs[ov]
-            else:
-                table[name] = figures(f"ablation {name}", ov)
-        replace_summary(_keys(args.dataset, "dp_ablation"), table, summary)
+            # a string names a preset with the same settings: its figures
+            table[name] = runs[ov] if isinstance(ov, str) else figures(f"ablation {name}", ov)
+        out.replace(["dp_ablation"], table)
     return 0
 
 
-def plot_curve(curves: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+def main(argv: list[str] | None = None) -> int:
+    args = options.parser("dp", "python -m simulations.bench_dp", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("bench_dp"):
+        return run(args)
+
+
+def plot_curve(curves: dict[str, dict[str, dict[str, Any]]], path: Path, dataset: str = DEFAULT_DATASET) -> None:
     """P1 test HR@10 against ε for each route (dashed: the same recipe without noise), log-scaled ε."""
     import matplotlib
 
@@ -175,7 +165,7 @@ def plot_curve(curves: dict[str, dict[str, dict[str, Any]]], path: Path) -> None
             ax.axhline(points["inf"]["hr@10"], ls="--", color=color, lw=0.8, label=f"{route}, no noise (ε = ∞)")
     ax.set_xscale("log")
     ax.set_xlabel("ε per interaction (δ = 1e-5)")
-    ax.set_ylabel("P1 test HR@10 (ml-100k)")
+    ax.set_ylabel(f"P1 test HR@10 ({dataset})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,12 +1,14 @@
 """Federated benchmark: the presets on ml-100k, one user per node, merged into results/summary.json.
 
 Writes ``runs.fed*`` and ``cost.*`` (merged key by key; other keys are kept), with per-round logs
-and plots in ``results/fed/<preset>/``.
+and plots in ``results/fed/<preset>/``. Another ``--dataset`` writes under ``datasets.<name>.``
+(logs in ``results/fed/<name>-<preset>/``); ``--rounds`` or ``--num-nodes`` make an ad-hoc run, written
+under ``runs/bench_fed/`` instead (:func:`simulations.results.output_for`).
 
 Usage::
 
-    FEDXREC_DATA_DIR=/work/shared/data python -m simulations.bench_fed            # every preset
-    python -m simulations.bench_fed --presets fed,fed-dp-eps8 --rounds 20          # a subset, shorter
+    fedxrec bench fed                                  # the summary presets (python -m simulations.bench_fed)
+    fedxrec bench fed --presets fed --rounds 20        # ad hoc: a shorter run, under runs/bench_fed/
 
 Test figures are taken at the best federated-validation round (P1). ε is the largest cumulative
 record-level ε over the nodes (δ as configured; a node never uses δ > 1/n), or the user-level ε of
@@ -28,21 +30,26 @@ import numpy as np
 import torch
 
 from server.runlog import SELECTED_BY, best_round
-from simulations.presets import PRESETS, SUMMARY_KEYS
-from simulations.results import merge_summary
-from simulations.runner import REPO, run_config, simulate
+from simulations import options
+from simulations.presets import PRESETS
+from simulations.runner import run_config, simulate
 
 log = logging.getLogger(__name__)
 
 
-def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: int) -> dict[str, Any]:
-    """One simulation; returns its summary figures."""
-    ov = {**overrides, "fed.run-name": name, "fed.out-dir": str(runs_dir), "fed.resume": False}
-    shutil.rmtree(runs_dir / name, ignore_errors=True)
+def run_preset(
+    name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: int, *, run_name: str = ""
+) -> dict[str, Any]:
+    """One simulation (logs in ``runs_dir/<run_name or name>``); returns its summary figures."""
+    run_name = run_name or name
+    ov = {**overrides, "fed.run-name": run_name, "fed.out-dir": str(runs_dir.resolve()), "fed.resume": False}
+    shutil.rmtree(runs_dir / run_name, ignore_errors=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     simulate(ov, num_supernodes=num_nodes)
     seconds = time.time() - t0
-    rows = [json.loads(line) for line in (runs_dir / name / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    log_path = runs_dir / run_name / "rounds.jsonl"
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     cfg = run_config(ov)
     user_dp = cfg["fed.user-dp"] != "off"
     private = bool(cfg["dp.enabled"]) or user_dp or bool(cfg["fed.secagg"])
@@ -50,7 +57,7 @@ def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: 
     source = "central" if private else "fed"
     best = best_round(rows, source=source)
     if best is None:
-        raise RuntimeError(f"{name}: no round has {source} validation figures ({runs_dir / name / 'rounds.jsonl'})")
+        raise RuntimeError(f"{name}: no round has {source} validation figures ({log_path})")
     last = rows[-1]
     eps = last.get("user-dp-epsilon") if user_dp else last.get("epsilon")
     return {
@@ -74,8 +81,14 @@ def run_preset(name: str, overrides: dict[str, Any], runs_dir: Path, num_nodes: 
     }
 
 
-def dp_step_overhead(num_users: int = 60, seed: int = 0) -> dict[str, float]:
-    """Time of one DP-SGD step over the same step without DP (same model, batch and per-sample path)."""
+def dp_step_overhead(
+    data: dict[str, Any], *, num_partitions: int, num_users: int = 60, seed: int = 0
+) -> dict[str, float]:
+    """Time of one DP-SGD step over the same step without DP (same model, batch and per-sample path).
+
+    Measured on the first ``num_users`` of ``num_partitions`` nodes of the dataset in ``data``
+    (``data.*`` run-config overrides).
+    """
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
@@ -85,12 +98,13 @@ def dp_step_overhead(num_users: int = 60, seed: int = 0) -> dict[str, float]:
     from shared.training import Sequences, make_batch, sample_losses
 
     torch.set_num_threads(1)
-    rc = parse_run_config(run_config({"dp.enabled": True, "dp.train-tower": True, "dp.train-personal": True}))
+    rc = parse_run_config(run_config({**data, "dp.enabled": True, "dp.train-tower": True, "dp.train-personal": True}))
     rng = np.random.default_rng(seed)
     t_dp = t_plain = 0.0
+    num_users = min(num_users, num_partitions)
     for pid in range(num_users):
-        data = load_node_data(NodeSpec(pid, 943), rc.core)
-        seqs = Sequences.from_lists(data.split.train)
+        node = load_node_data(NodeSpec(pid, num_partitions), rc.core)
+        seqs = Sequences.from_lists(node.split.train)
         users, steps = seqs.samples()
         idx = rng.permutation(len(users))[: rc.local.batch_size]
         b = make_batch(
@@ -99,11 +113,11 @@ def dp_step_overhead(num_users: int = 60, seed: int = 0) -> dict[str, float]:
             steps[idx],
             history_len=None,
             negatives=rc.core.train.negatives,
-            num_items=data.num_items,
+            num_items=node.num_items,
             rng=rng,
         )
         for private in (False, True):
-            model = build_model(rc.model, data)
+            model = build_model(rc.model, node)
             model.scale.requires_grad_(False)
             params = [p for p in model.parameters() if p.requires_grad]
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=1e-3)
@@ -124,43 +138,43 @@ def dp_step_overhead(num_users: int = 60, seed: int = 0) -> dict[str, float]:
     return {"dp_step_seconds": t_dp / num_users, "plain_step_seconds": t_plain / num_users, "ratio": t_dp / t_plain}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--presets", default=",".join(SUMMARY_KEYS), help=f"comma-separated, from {sorted(PRESETS)}")
-    ap.add_argument("--rounds", type=int, default=0, help="override num-server-rounds of every preset")
-    ap.add_argument("--nodes", type=int, default=943, help="simulated nodes (943: one user per node)")
-    ap.add_argument("--results", default=str(REPO / "results"))
-    ap.add_argument("--no-write", action="store_true", help="print, do not merge into summary.json")
-    ap.add_argument("--dp-overhead-only", action="store_true", help="only measure cost.dp_step_overhead")
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = Path(args.results)
-    runs_dir = results / "fed"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"runs": {}, "cost": {}}
-    for name in [] if args.dp_overhead_only else args.presets.split(","):
-        if name not in PRESETS:
-            ap.error(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        ov = dict(PRESETS[name])
+    users = options.num_users(args.dataset, args.data_dir)
+    if args.num_nodes == users:  # the default, spelt out
+        args.num_nodes = None
+    out = options.output("fed", "bench_fed", args)
+    data = {"data.dataset": args.dataset, **({"data.dir": args.data_dir} if args.data_dir else {})}
+    nodes = args.num_nodes or users
+    if nodes > users:
+        raise SystemExit(f"bench_fed: error: --num-nodes {nodes} exceeds the {users} users of {args.dataset}")
+    figures: dict[str, Any] = {"runs": {}, "cost": {}}
+    for name in [] if args.dp_overhead_only else args.presets:
+        ov = {**PRESETS[name], **data}
         if args.rounds:
             ov["num-server-rounds"] = args.rounds
-        fig = run_preset(name, ov, runs_dir, args.nodes)
+        run_dir = out.run_dir(name)
+        fig = run_preset(name, ov, run_dir.parent, nodes, run_name=run_dir.name)
         fig["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        out["runs"][name] = fig
+        figures["runs"][name] = fig
         log.info("%s: %s", name, json.dumps({k: v for k, v in fig.items() if k != "settings"}))
         if name == "fed":
-            out["cost"]["upload_bytes_per_client_round"] = fig["upload_bytes_per_client_round"]
-            out["cost"]["round_seconds"] = fig["round_seconds"]
-        if not args.no_write:
-            merge_summary({"runs": {name: fig}, "cost": out["cost"]}, results / "summary.json")
-    ov = dp_step_overhead()
-    out["cost"]["dp_step_overhead"] = ov["ratio"]
-    out["cost"]["dp_step_seconds"] = ov["dp_step_seconds"]
+            figures["cost"]["upload_bytes_per_client_round"] = fig["upload_bytes_per_client_round"]
+            figures["cost"]["round_seconds"] = fig["round_seconds"]
+        out.merge({"runs": {name: fig}, "cost": figures["cost"]})
+    ov = dp_step_overhead(data, num_partitions=nodes)
+    figures["cost"]["dp_step_overhead"] = ov["ratio"]
+    figures["cost"]["dp_step_seconds"] = ov["dp_step_seconds"]
     log.info("dp step overhead: %s", ov)
-    if not args.no_write:
-        merge_summary({"cost": out["cost"]}, results / "summary.json")
-    print(json.dumps(out, indent=2, default=str))
+    out.merge({"cost": figures["cost"]})
+    print(json.dumps(figures, indent=2, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options.parser("fed", "python -m simulations.bench_fed", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("bench_fed"):
+        return run(args)
 
 
 if __name__ == "__main__":

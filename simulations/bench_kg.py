@@ -2,7 +2,7 @@
 
 **Cold start** (``cold.<method>`` = HR@10 and Recall@20 for ``random``, ``text``, ``kg``, ``text+kg``):
 the central model (history mode, no ID residual) is trained on the item cold-start split of ml-100k
-(20% of items never seen in training; negatives from warm items only). A cold item then gets
+(or ``--dataset``; 20% of items never seen in training; negatives from warm items only). A cold item then gets
 
 * ``text``: the trained item tower's vector of its own text, bias = mean warm bias;
 * ``kg``: :func:`kg.neighbour_prior` over the warm items' trained vectors, the cold item having been
@@ -34,7 +34,8 @@ of the test item before and after), and the same re-ranking toward items whose f
 through a person or a company, at a few weights (``explain.rerank_entity``: entity share,
 Fidelity@10 without coarse links and NDCG@10/HR@10 after; the before figures are ``rerank``'s).
 
-Usage: ``python -m simulations.bench_kg [--checkpoint PATH] [--data-dir DIR] [--parts cold,explain]``
+Usage: ``fedxrec bench kg [--checkpoint PATH] [--dataset NAME] [--data-dir DIR] [--parts cold,explain]``
+(or ``python -m simulations.bench_kg``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import argparse
 import copy
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,8 +66,8 @@ from shared.pipeline import _kg_kwargs, build_model, data_dir, prepare
 from shared.serving import ServingModel
 from shared.splits import Split, cached_split
 from shared.training import eval_histories
-from simulations.report import write_readme
-from simulations.results import merge_summary, provenance
+from simulations import options
+from simulations.results import provenance
 
 log = logging.getLogger("fedxrec.bench_kg")
 
@@ -256,7 +256,7 @@ class ColdEval:
 def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = Config(
-        data=DataConfig(dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2),
+        data=DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2),
         model=ModelConfig(backbone=args.backbone, id_residual=False, user_mode="history"),
         train=TrainConfig(epochs=args.cold_epochs, seed=0),
     )
@@ -379,7 +379,7 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
 def train_checkpoint(args: argparse.Namespace, path: Path) -> None:
     """Train the central model (P1 split, default settings) and save it to ``path``."""
     cfg = Config(
-        data=DataConfig(dir=args.data_dir, cache_dir=args.cache_dir),
+        data=DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir),
         model=ModelConfig(backbone=args.backbone),
         train=TrainConfig(epochs=args.epochs),
     )
@@ -419,16 +419,16 @@ def _mean(values: Sequence[float]) -> float:
 
 def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    ckpt_path = Path(args.checkpoint)
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else options.default_checkpoint(args.dataset)
     if not (ckpt_path / "fedxrec.json").exists():
         if not args.train_if_missing:
             raise SystemExit(
-                f"no checkpoint at {ckpt_path} (run simulations.bench_core --runs central, or --train-if-missing)"
+                f"no checkpoint at {ckpt_path} (run `fedxrec central --dataset {args.dataset}`, or --train-if-missing)"
             )
         train_checkpoint(args, ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
     sm = ServingModel(ckpt)
-    dcfg = DataConfig(dir=args.data_dir, cache_dir=args.cache_dir)
+    dcfg = DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir)
     ds = load_dataset(dcfg.dataset, data_dir(dcfg), **_kg_kwargs(dcfg))
     if sm.item_ids != ds.catalogue.ids:
         raise SystemExit("checkpoint catalogue differs from the dataset's")
@@ -584,49 +584,24 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
 # ========================================================================================= main
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=os.environ.get("FEDXREC_DATA_DIR", ""))
-    ap.add_argument("--parts", default="cold,explain")
-    ap.add_argument("--cache-dir", default=".cache/fedxrec", help="split and item-prefix cache")
-    ap.add_argument("--backbone", default="minilm", help="backbone of models trained here")
-    ap.add_argument("--checkpoint", default="runs/central/checkpoint")
-    ap.add_argument("--train-if-missing", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--epochs", type=int, default=20, help="epochs of the central model if it must be trained")
-    ap.add_argument("--cold-epochs", type=int, default=15)
-    ap.add_argument("--work-dir", default="runs/kgbench", help="where the cold-split model is cached")
-    ap.add_argument("--retrain", action="store_true", help="retrain the cold-split model even if cached")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--budget-min", type=float, default=0.0, help="stop training models here after this many minutes (0: none)"
-    )
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--recency-weight", type=float, default=0.5)
-    ap.add_argument("--similarity-weight", type=float, default=1.0)
-    ap.add_argument("--popularity-share", type=float, default=0.5)
-    ap.add_argument(
-        "--explain-window",
-        type=int,
-        default=0,
-        help="latest history items paths may start from (0: model's history_len)",
-    )
-    ap.add_argument("--rerank-weight", type=float, default=0.3)
-    ap.add_argument("--max-users", type=int, default=0, help="explain only the first N users (0: all)")
-    ap.add_argument("--no-write", action="store_true", help="log the figures without writing results/")
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    if args.checkpoint and Path(args.checkpoint).resolve() == options.default_checkpoint(args.dataset).resolve():
+        args.checkpoint = ""  # the default, spelt out
+    out = options.output("kg", "bench_kg", args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    parts = set(args.parts.split(","))
-    if parts - {"cold", "explain"}:
-        ap.error(f"unknown parts {sorted(parts - {'cold', 'explain'})}")
     for part, fn in (("cold", run_cold), ("explain", run_explain)):
-        if part in parts:
-            figures = fn(args)
-            if not args.no_write:
-                merge_summary({part: figures})
-    if not args.no_write:
-        write_readme()
+        if part in args.parts:
+            out.merge({part: fn(args)})
+    out.readme()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options.parser("kg", "python -m simulations.bench_kg", (__doc__ or "").split("\n")[0]).parse_args(argv)
+    with options.clean_errors("bench_kg"):
+        return run(args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,7 +26,8 @@ def _superlinks() -> set[int]:
     return {int(p) for p in out.stdout.split()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, num_supernodes: int = NUM_SUPERNODES) -> int:
+    """``flwr run`` with ``argv`` as extra arguments and ``num_supernodes`` simulated nodes."""
     args = list(sys.argv[1:] if argv is None else argv)
     env = {**os.environ, **ENV}
     env.setdefault("FLWR_HOME", str(REPO / ".flwr"))
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         str(REPO),
         "--stream",
         "--federation-config",
-        f"num-supernodes={NUM_SUPERNODES} client-resources-num-cpus=1",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
         *args,
     ]
     try:

@@ -273,11 +273,14 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     from simulations.runner import run_config
 
     sets: dict[str, object] = tiny_overrides(tmp_path, tiny_bert)
-    results, ckroot = tmp_path / "results", tmp_path / "ck"
-    monkeypatch.setattr(simulations.results, "RESULTS", results)
-    monkeypatch.setattr(simulations.report, "RESULTS", results)
+    committed, ckroot = tmp_path / "results", tmp_path / "ck"
+    monkeypatch.setattr(simulations.results, "RESULTS", committed)
+    monkeypatch.setattr(simulations.results, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(simulations.report, "RESULTS", committed)
     monkeypatch.setenv("FEDXREC_AUDIT_THREADS", str(torch.get_num_threads()))
-    results.mkdir()
+    # --set and --checkpoints are ad-hoc settings: the figures go under runs/audit/, never results/
+    results = tmp_path / "runs" / "audit"
+    results.mkdir(parents=True)
     # the stand-in audit's layout: one flat provenance and its training stats
     stale = {"training": {"fed-A": {}}, "mia_auc": {"fed": 0.54}, "provenance": {"command": "audit.py"}}
     (results / "summary.json").write_text(json.dumps({"privacy": stale, "runs": {"fed": {"hr@10": 0.7}}}))
@@ -289,6 +292,7 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     argv = ["--parts", "mia,leak,replay", "--checkpoints", str(ckroot), "--leak-users", "2", "--replay-seeds", "3"]
     argv += ["--mia-per-user", "3", *[f"--set={k}={v}" for k, v in sets.items()]]
     assert main(argv) == 0
+    assert not committed.exists()
     data = json.loads((results / "summary.json").read_text())
     priv = data["privacy"]
     assert data["runs"] == {"fed": {"hr@10": 0.7}} and "training" not in priv

@@ -67,6 +67,7 @@ def test_cold_eval_hits_and_recall() -> None:
 def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     args = argparse.Namespace(
+        dataset="ml-100k",
         data_dir=str(tiny_data),
         cache_dir=str(tmp_path / "cache"),
         backbone=tiny_bert,

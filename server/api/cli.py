@@ -11,21 +11,48 @@ import socket
 from multiprocessing.connection import wait
 from typing import Any
 
+from shared.config import DATASETS, DEFAULT_DATASET
+
 APP = "server.api.main:app"
 
 
-def serve(argv: list[str] | None = None) -> int:
-    """Parse ``fedxrec serve`` options (each overrides its ``FEDXREC_*`` variable) and run uvicorn."""
-    p = argparse.ArgumentParser(prog="fedxrec serve", description="Serve the explanation API (uvicorn).")
-    p.add_argument("--checkpoint", help="checkpoint directory (FEDXREC_CHECKPOINT)")
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``fedxrec serve`` (each overrides its ``FEDXREC_*`` variable)."""
+    p.add_argument("--checkpoint", help="checkpoint directory (FEDXREC_CHECKPOINT; default: the dataset's central run)")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help=f"dataset whose catalogue is served (FEDXREC_DATASET, default {DEFAULT_DATASET})",
+    )
     p.add_argument("--data-dir", help="data directory (FEDXREC_DATA_DIR)")
     p.add_argument("--state-dir", help="where registered items persist (FEDXREC_STATE_DIR)")
     p.add_argument("--host", help="bind address (FEDXREC_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (FEDXREC_PORT, default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (FEDXREC_WORKERS, default 1)")
-    args = p.parse_args(argv)
+
+
+def build_parser(prog: str = "fedxrec serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Serve the explanation API (uvicorn).")
+    add_serve_options(p)
+    return p
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """Parse ``fedxrec serve`` options and run uvicorn."""
+    return serve_args(build_parser().parse_args(argv))
+
+
+def serve_args(args: argparse.Namespace) -> int:
+    """Run uvicorn with parsed ``fedxrec serve`` options (each overrides its ``FEDXREC_*`` variable)."""
+    if (
+        args.dataset
+        and args.dataset != DEFAULT_DATASET
+        and not args.checkpoint
+        and "FEDXREC_CHECKPOINT" not in os.environ
+    ):
+        args.checkpoint = f"runs/central-{args.dataset}/checkpoint"  # where `fedxrec central --dataset` saves it
     # Workers are separate processes that read their settings from the environment.
-    for name in ("checkpoint", "data_dir", "state_dir", "host", "port", "workers"):
+    for name in ("checkpoint", "dataset", "data_dir", "state_dir", "host", "port", "workers"):
         value = getattr(args, name)
         if value is not None:
             os.environ[f"FEDXREC_{name.upper()}"] = str(value)
