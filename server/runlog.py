@@ -164,7 +164,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 ax.plot(*zip(*pts, strict=True), style, label=f"{src} {key}")
     ax.set_xlabel("round")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a run without evaluation rounds has no curves here
+        ax.legend(fontsize=7)
     pts = [(r["round"], r.get("epsilon", r.get("train", {}).get("epsilon-max", 0.0))) for r in rows]
     if pts:
         ax2.plot(*zip(*pts, strict=True), label="ε max (record level)")
@@ -172,7 +173,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     if pts:
         ax2.plot(*zip(*pts, strict=True), label="ε (user level)")
     ax2.set_xlabel("round")
-    ax2.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

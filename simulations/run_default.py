@@ -431,17 +431,20 @@ NOISE = [
         r"Loading weights",
         # Ray workers stopped at the end of the run
         r"Manually terminating ClientAppActor",
+        # PyTorch, on Opacus' per-sample-gradient hooks: the cached item features never require gradients
+        r"UserWarning: Full backward hook is firing",
         # Ray's notice about a future default (accelerator env vars of num_gpus=0 workers); no effect here
         r"FutureWarning: Tip: In future versions of Ray",
     )
 ]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+WORKER = re.compile(r"^\(\w+ pid=\d+\) ?")
 #: Flower's console prefix ("INFO :      ") and Ray's worker prefix ("(ClientAppActor pid=1234) ")
 PREFIX = re.compile(r"^(\(\w+ pid=\d+\)\s*)?((DEBUG|INFO|WARNING|ERROR)\s*:\s*)?")
-ERROR = re.compile(r"ERROR|Traceback|Error\b|Exception\b|failed", re.IGNORECASE)
+ERROR = re.compile(r"\bERROR\b|Traceback|[A-Z]\w*(Error|Exception)\b|\bfailed\b")
 
 
-#: Flower's per-node report of a ClientApp exception (a header line, then two tracebacks): the server
+#: Flower's per-node report of a ClientApp exception (this header, the exception, its traceback): the server
 #: itself logs one line per failed node with the node's error, and stops a run whose round mostly failed
 NODE_TRACEBACK = re.compile(r"An exception was raised when processing a message by RayBackend")
 #: a line that starts a new log record (ends a suppressed traceback block)
@@ -466,7 +469,8 @@ class LineFilter:
         body = PREFIX.sub("", plain)
         if self.in_node_traceback:
             starts_record = RECORD.match(plain) is not None
-            if not starts_record or body.startswith("Traceback (most recent call last)"):
+            # Flower logs the exception (``ray::...``) and its traceback as two more ERROR records
+            if not starts_record or body.startswith(("Traceback (most recent call last)", "ray::")):
                 return False
             self.in_node_traceback = False
         if NODE_TRACEBACK.search(plain):
@@ -474,7 +478,7 @@ class LineFilter:
             return False
         if not body.strip():
             return False
-        if self.dropped_last and plain[:1].isspace():
+        if self.dropped_last and WORKER.sub("", plain)[:1].isspace():
             return False
         drop = not (ERROR.search(plain) and "and 0 failures" not in plain) and any(p.search(plain) for p in NOISE)
         self.dropped_last = drop
