@@ -588,6 +588,12 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
         if args.num_supernodes is not None and int(federation["num-supernodes"]) != args.num_supernodes:
             raise RunError("--num-supernodes and --federation-config num-supernodes disagree")
         args.num_supernodes = int(federation.pop("num-supernodes"))
+    if args.ray_address != "local":
+        own = sorted(k for k in federation if k.startswith("init-args-num-"))
+        if own:  # ray.init refuses resources when it connects to a running cluster
+            raise RunError(
+                f"--federation-config {own} sizes a new Ray instance; with --ray-address the cluster's own resources apply"
+            )
     pre = preflight(overrides, args.num_supernodes)
     fed_cfg = [f"num-supernodes={pre.num_supernodes}", "client-resources-num-cpus=1"]
     fed_cfg += [f"{k}={render_overrides({k: v}).split('=', 1)[1]}" for k, v in federation.items()]

@@ -81,7 +81,13 @@ def test_too_many_nodes_fail_before_any_process_starts(
     assert err.count("error:") == 1 and "--num-supernodes 9 does not fit data.dataset = 'ml-100k'" in err
     assert "its split has 8 users" in err
     assert not (tmp_path / "runs" / "flwr-home").exists()  # no SuperLink was started
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*prefix*"))
+    assert not list((tmp_path / "cache").glob("items/*"))  # nor was the item cache built
+
+
+def test_a_ray_cluster_brings_its_own_resources(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--ray-address", "127.0.0.1:6379", "--federation-config", "init-args-num-cpus=4"]
+    assert run_default.main(args) == run_default.EXIT_INPUT
+    assert "with --ray-address the cluster's own resources apply" in capsys.readouterr().err
 
 
 def test_missing_data_is_one_message_naming_the_files_and_the_fix(
