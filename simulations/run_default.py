@@ -368,13 +368,17 @@ def start_superlink(home: Path, env: Mapping[str, str]) -> SuperLink:
             )
         link = SuperLink(proc, port, home, log)
         t0 = time.time()
-        while time.time() - t0 < STARTUP_TIMEOUT:
-            if proc.poll() is not None:
-                break
-            if _healthy(port):
-                say(f"SuperLink {proc.pid} ready ({time.time() - t0:.1f} s)")
-                return link
-            time.sleep(0.2)
+        try:
+            while time.time() - t0 < STARTUP_TIMEOUT:
+                if proc.poll() is not None:
+                    break
+                if _healthy(port):
+                    say(f"SuperLink {proc.pid} ready ({time.time() - t0:.1f} s)")
+                    return link
+                time.sleep(0.2)
+        except BaseException:  # Ctrl-C / SIGTERM while it starts: it is ours, stop it
+            stop_tree(proc)
+            raise
         if proc.poll() is None:
             stop_tree(proc)
             raise RunError(
@@ -562,7 +566,8 @@ def flwr_run(
         return proc.wait(), run_id
     finally:
         raw.close()
-        if proc.poll() is None:  # Ctrl-C: flwr run got the SIGINT too (same process group), give it a moment
+        if proc.poll() is None:  # interrupted: flwr run only streams logs, stop it by its PID
+            proc.terminate()
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -577,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as e:
         print(f"fedxrec: error: {e}", file=sys.stderr, flush=True)
         return e.code
+    except KeyboardInterrupt:  # before any process started
+        print("fedxrec: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 def _main(args: argparse.Namespace, extra: list[str]) -> int:
@@ -627,7 +635,10 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
             raise RunError("interrupted", 130) from None
         finally:
             if link is not None:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut this short
+                    signal.signal(sig, signal.SIG_IGN)
                 pids = stop_tree(link.proc)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 say(f"stopped the SuperLink {link.proc.pid} and its {max(len(pids) - 1, 0)} child processes")
                 if ok and not args.keep_flwr_home:
                     _clean_home(home)
