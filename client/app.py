@@ -7,12 +7,17 @@ messages need none of it.
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.legacy import secagg_when_asked
 
 app = ClientApp(mods=[secagg_when_asked])
+# importing opacus runs logging.basicConfig (opacus/utils/module_utils.py): a root handler that printed
+# every record of Flower's logger, which has its own console handler, a second time (DEBUG included)
+logging.getLogger("flwr").propagate = False
 
 
 @app.train()

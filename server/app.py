@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -9,6 +11,9 @@ from server.config import parse_server_config
 from server.loop import run_federated
 
 app = ServerApp()
+# importing opacus runs logging.basicConfig (opacus/utils/module_utils.py): a root handler that printed
+# every record of Flower's logger, which has its own console handler, a second time (DEBUG included)
+logging.getLogger("flwr").propagate = False
 
 
 @app.main()

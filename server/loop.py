@@ -20,7 +20,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from server.config import ServerRunConfig
 from server.evaluation import central_p1
 from server.runlog import EXPERIMENTER, append_log, progress_line, read_log, rewrite_log, write_summary
-from server.strategy import build_strategy
+from server.strategy import build_strategy, check_failures
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import to_flat
 from shared.errors import CheckpointError, ConfigError
@@ -204,8 +204,11 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         rc.fed.strategy,
         out,
     )
+    t_start = time.time()
     for rnd in range(start + 1, rc.num_rounds + 1):
         t0 = time.time()
+        if rnd == start + 1:  # in simulation the first round also starts the node workers
+            flog(INFO, "round %d/%d: training on the sampled nodes …", rnd, rc.num_rounds)
         replies = grid.send_and_receive(
             strategy.configure_train(
                 rnd, arrays, ConfigRecord({"lr-scale": rc.fed.lr_scale(rnd, rc.num_rounds)}), grid
@@ -213,6 +216,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             timeout=rc.fed.timeout,
         )
         agg, tmetrics = strategy.aggregate_train(rnd, replies)
+        check_failures(rnd, strategy.report)  # a failing run stops with the nodes' error, not NaN rounds
         if agg is not None:
             arrays = to_record(from_record(agg, model.shared_state()))
         rep = strategy.report
@@ -257,7 +261,12 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         save_checkpoint(model, item_ids, ckpt_dir, meta=ck_meta)
         rows.append(row)
         append_log(log_path, row)
-        flog(INFO, "%s", progress_line(row, rc.num_rounds))
+        # time left at the pace of the rounds after the first (which also started the simulation's workers)
+        done = rnd - start
+        if done == 1:
+            first = time.time() - t_start
+        pace = (time.time() - t_start - first) / (done - 1) if done > 1 else first
+        flog(INFO, "%s", progress_line(row, rc.num_rounds, eta=pace * (rc.num_rounds - rnd)))
     for line in write_summary(rows, out, rc.fed.run_name, source="central" if rc.private else "fed").splitlines():
         flog(INFO, "%s", line)
     return rows

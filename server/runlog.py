@@ -61,7 +61,14 @@ def best_round(rows: list[dict[str, Any]], *, source: str = "fed") -> dict[str, 
     return max(scored, key=lambda r: r[source]["val-hr@10"] + r[source]["val-ndcg@10"])
 
 
-def progress_line(row: dict[str, Any], num_rounds: int) -> str:
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(row: dict[str, Any], num_rounds: int, *, eta: float | None = None) -> str:
+    """One line per round; ``eta``: the seconds the remaining rounds should take (shown as ``ETA``)."""
     f, c, t = row.get("fed", {}), row.get("central", {}), row.get("train", {})
     parts = [f"round {row['round']:>3}/{num_rounds}"]
     if "train-loss" in t:
@@ -85,6 +92,8 @@ def progress_line(row: dict[str, Any], num_rounds: int) -> str:
     parts.append(f"{row['seconds']:.1f}s")
     if row.get("dropped") or row.get("failed"):
         parts.append(f"dropped {row.get('dropped', 0)}, failed {row.get('failed', 0)}")
+    if eta is not None and num_rounds > row["round"]:
+        parts.append(f"ETA {_duration(eta)}")
     return " | ".join(parts)
 
 
@@ -155,7 +164,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 ax.plot(*zip(*pts, strict=True), style, label=f"{src} {key}")
     ax.set_xlabel("round")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a run without evaluation rounds has no curves here
+        ax.legend(fontsize=7)
     pts = [(r["round"], r.get("epsilon", r.get("train", {}).get("epsilon-max", 0.0))) for r in rows]
     if pts:
         ax2.plot(*zip(*pts, strict=True), label="ε max (record level)")
@@ -163,7 +173,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     if pts:
         ax2.plot(*zip(*pts, strict=True), label="ε (user level)")
     ax2.set_xlabel("round")
-    ax2.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

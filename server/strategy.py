@@ -14,6 +14,7 @@ averages with the constant ``unit-weight`` (every reply carries 1) instead of ``
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 ARRAYS = "arrays"
 NUM_EXAMPLES, UNIT_WEIGHT = "num-examples", "unit-weight"
+#: a round in which more than this fraction of the replies are node errors stops the run
+#: (:func:`check_failures`): a bug or missing data fails every node alike and must not be averaged away
+#: round after round, while a few failing devices (a bad file, a refused budget) are tolerated
+MAX_FAILED_FRACTION = 0.5
 
 
 def sum_eval_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -175,6 +180,51 @@ class RoundReport:
     upload_bytes: list[int] = field(default_factory=list)
 
 
+class NodeFailures(RuntimeError):
+    """Too many nodes replied with an error in one round; the message names the commonest reason."""
+
+
+def check_failures(server_round: int, report: RoundReport, max_fraction: float = MAX_FAILED_FRACTION) -> None:
+    """Raise :class:`NodeFailures` when more than ``max_fraction`` of the round's replies are errors.
+
+    Raises
+    ------
+    NodeFailures
+        Naming the round, the count and the commonest node error (its reason as the node reported it).
+    """
+    failed = len(report.errors)
+    if not failed or failed <= max_fraction * report.replies:
+        return
+    reason, count = Counter(e.reason for e in report.errors).most_common(1)[0]
+    raise NodeFailures(
+        f"round {server_round}: {failed} of {report.replies} nodes failed (more than {max_fraction:.0%}); "
+        f"stopping the run. Node error ({count} of them, e.g. node {next(e.node_id for e in report.errors if e.reason == reason)}): "
+        f"{reason}"
+    )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: the line of a traceback that names the original exception ("client.privacy.PrivacyRefused: ...")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Refused|Failures)\w*): (.+)")
+#: what the simulation's Ray backend wraps a ClientApp exception in
+_WRAPPERS = ("ClientAppException", "RayTaskError")
+
+
+def error_line(reason: str) -> str:
+    """A node error's reason in one line (at most 1,500 characters).
+
+    The original exception (``type: message``) inside the tracebacks and wrappers of the simulation's
+    Ray backend, else the reason's last line.
+    """
+    lines = [_ANSI.sub("", ln).strip().strip("'<>") for ln in reason.strip().splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:
+        m = _EXC_LINE.match(ln)
+        if m and not any(w in m.group(1) for w in _WRAPPERS):
+            return ln[:1500]
+    return (lines[-1] if lines else reason)[:1500]
+
+
 def check_update(
     arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray], max_norm: float
 ) -> tuple[dict[str, np.ndarray] | None, str]:
@@ -285,8 +335,8 @@ class GuardedStrategy(Strategy):
             rep.replies += 1
             nid = int(msg.metadata.src_node_id)
             if msg.has_error():
-                rep.errors.append(Dropped(nid, str(msg.error.reason)))
-                log.warning("round %d: node %d failed: %s", server_round, nid, msg.error.reason)
+                rep.errors.append(Dropped(nid, error_line(str(msg.error.reason))))
+                log.warning("round %d: node %d failed: %s", server_round, nid, rep.errors[-1].reason)
                 continue
             why = ""
             if nid not in self.cohort or nid in seen:

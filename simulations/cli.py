@@ -30,11 +30,9 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
     if args.rounds:
         overrides.append(f"num-server-rounds={args.rounds}")
     flwr_args = (["-c", " ".join(overrides)] if overrides else []) + [x for c in args.run_config for x in ("-c", c)]
-    users = options.num_users(args.dataset, args.data_dir)
-    nodes = args.num_nodes or users
-    if nodes > users:
-        raise SystemExit(f"fedxrec run: error: --num-nodes {nodes} exceeds the {users} users of {args.dataset}")
-    return run_default([*flwr_args, *rest], num_supernodes=nodes)
+    # run_default checks the node count against the dataset's users before anything starts
+    nodes = ["--num-supernodes", str(args.num_nodes)] if args.num_nodes else []
+    return run_default([*flwr_args, *nodes, *rest])
 
 
 def _central(args: argparse.Namespace, rest: list[str]) -> int:
