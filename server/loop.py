@@ -17,6 +17,7 @@ from flwr.common.logger import log as flog
 from flwr.serverapp import Grid
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from server.best import clear_best, save_if_best
 from server.config import ServerRunConfig
 from server.evaluation import central_p1
 from server.runlog import EXPERIMENTER, append_log, progress_line, read_log, rewrite_log, write_summary
@@ -180,6 +181,8 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     log_path = out / "rounds.jsonl"
     rows = read_log(log_path, upto_round=start) if start else []
     rewrite_log(log_path, rows)
+    if not start:
+        clear_best(out)  # a best-round checkpoint of an earlier run of this name
     settings = {"num-server-rounds": rc.num_rounds, **to_flat(rc.fed, "fed"), **to_flat(rc.model, "model")}
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     if start >= rc.num_rounds:
@@ -261,6 +264,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
         save_checkpoint(model, item_ids, ckpt_dir, meta=ck_meta)
         rows.append(row)
         append_log(log_path, row)
+        save_if_best(model, item_ids, out, rows, source="central" if rc.private else "fed", meta=ck_meta)
         # time left at the pace of the rounds after the first (which also started the simulation's workers)
         done = rnd - start
         if done == 1:

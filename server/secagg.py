@@ -40,6 +40,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
+from server.best import clear_best, save_if_best
 from server.config import FedConfig, ServerRunConfig
 from server.evaluation import central_p1
 from server.loop import initial_model, record_dp_fields, wait_for_nodes
@@ -328,6 +329,7 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
     names = list(model.shared_state())
     log_path = out / "rounds.jsonl"
     rewrite_log(log_path, [])
+    clear_best(out)
     rows: list[dict[str, Any]] = []
     state: dict[str, Any] = {"t0": time.time()}
     sigma = rc.noise_multiplier() if rc.dp_enabled else 0.0
@@ -383,6 +385,8 @@ def run_secagg(grid: Grid, context: Context, rc: ServerRunConfig) -> list[dict[s
         state["t0"] = time.time()
         rows.append(row)
         append_log(log_path, row)
+        meta = {"round": server_round, "run-name": rc.fed.run_name, "secagg": True}
+        save_if_best(model, prep.dataset.catalogue.ids, out, rows, source="central", meta=meta)
         flog(INFO, "%s", progress_line(row, rc.num_rounds))
         return (0.0, metrics) if metrics else None
 

@@ -43,6 +43,10 @@ class ServingModel:
         self.mix_b = mb.float().numpy() if mb is not None else np.zeros(self.cfg.dim, np.float32)
         self._lock = threading.Lock()
         self._text_tower: tuple[Any, Any, ItemTower] | None = None
+        norms = np.linalg.norm(self.vectors, axis=1)
+        #: the catalogue's range, which a cold item's vector and bias must stay within
+        self.max_norm = float(norms.max()) if len(norms) else 1.0
+        self.bias_range = (float(self.bias.min()), float(self.bias.max())) if len(self.bias) else (0.0, 0.0)
 
     @property
     def num_items(self) -> int:
@@ -59,7 +63,7 @@ class ServingModel:
         return out
 
     def user_vector(self, history_rows: np.ndarray) -> np.ndarray:
-        """(D,) user vector from history rows (oldest first, newest last)."""
+        """(D,) user vector from history rows (oldest first, newest last): the latest ``history_len`` only."""
         h = history_rows[::-1][: self.cfg.history_len]  # newest first
         if not len(h):
             return np.zeros(self.vectors.shape[1], np.float32)
@@ -68,7 +72,9 @@ class ServingModel:
         w /= w.sum()
         summary = w @ self.vectors[h]
         u = summary @ self.mix_w.T + self.mix_b
-        if self.cfg.score == "cosine":
+        # as UserTower.forward and the central evaluation: unit length in history mode under cosine only;
+        # in personal mode (record-level DP) the plain mean, whose length weighs the dot against the bias
+        if self.cfg.score == "cosine" and self.cfg.user_mode == "history":
             u = u / max(float(np.linalg.norm(u)), 1e-12)
         return u
 
@@ -121,7 +127,39 @@ class ServingModel:
         )
         with torch.no_grad():
             feats = _features(tower, cache)
-            return tower.proj(tower.norm(feats)).numpy()
+            out = tower.proj(tower.norm(feats)).numpy()  # ItemTower.forward in eval mode, no ID residual
+        return np.stack([self.normalise(v) for v in out]) if len(out) else out
+
+    def normalise(self, vector: np.ndarray) -> np.ndarray:
+        """A new item's vector, normalised as :class:`ItemTower` normalises the catalogue's.
+
+        ``cosine``: unit length (as ``F.normalize`` in ``ItemTower.forward``). ``dot``: the tower
+        does not normalise, so the vector is only shortened to the longest catalogue vector: no
+        new item can outrank the catalogue by its length alone.
+        """
+        v = np.asarray(vector, np.float32)
+        n = float(np.linalg.norm(v))
+        if self.cfg.score == "cosine":
+            return (v / max(n, 1e-12)).astype(np.float32)
+        return (v * (self.max_norm / n)).astype(np.float32) if n > self.max_norm else v
+
+    def out_of_range(self, vector: np.ndarray, bias: float) -> str | None:
+        """Why a new item's stored vector or bias is not one :meth:`normalise` could give (None: fine)."""
+        v = np.asarray(vector, np.float64)
+        if v.shape != (self.vectors.shape[1],):
+            return f"vector has shape {v.shape}, expected ({self.vectors.shape[1]},)"
+        if not np.isfinite(v).all() or not np.isfinite(bias):
+            return "vector or bias is not finite"
+        n = float(np.linalg.norm(v))
+        if self.cfg.score == "cosine" and abs(n - 1.0) > 1e-3:
+            return f"vector norm {n:.4g}, expected 1 (model.score = cosine)"
+        if self.cfg.score == "dot" and n > self.max_norm * (1 + 1e-3):
+            return f"vector norm {n:.4g} exceeds the longest catalogue vector ({self.max_norm:.4g}, model.score = dot)"
+        lo, hi = self.bias_range
+        tol = 1e-4 * max(1.0, abs(lo), abs(hi))
+        if not lo - tol <= bias <= hi + tol:
+            return f"bias {bias:.4g} outside the catalogue's range [{lo:.4g}, {hi:.4g}]"
+        return None
 
     def add_item(self, item_id: int, vector: np.ndarray, bias: float) -> int:
         """Append a new item's vector and bias; returns its row."""
@@ -133,6 +171,16 @@ class ServingModel:
             self.item_ids.append(item_id)
             self.row_of[item_id] = len(self.item_ids) - 1
         return self.row_of[item_id]
+
+    def remove_item(self, item_id: int) -> int:
+        """Drop an added item's vector and bias (later rows move up by one); returns the row it had."""
+        row = self.row_of[item_id]
+        with self._lock:
+            self.vectors = np.delete(self.vectors, row, axis=0)
+            self.bias = np.delete(self.bias, row)
+            del self.item_ids[row]
+            self.row_of = {iid: r for r, iid in enumerate(self.item_ids)}
+        return row
 
 
 def _features(tower: ItemTower, cache: PrefixCache) -> torch.Tensor:

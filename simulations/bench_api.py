@@ -1,14 +1,20 @@
-"""Loopback load test of ``POST /v1/recommend`` (explain=true, history 20, k=10) against a real server.
+"""Load test of ``POST /v1/recommend`` against a real server, and the served model's P1 accuracy via ``/v1/score``.
+
+The load test: explain=true, history 20, k=10, over loopback.
 
 Starts ``fedxrec serve`` (uvicorn, N workers) as a separate process on 127.0.0.1, then for each
 concurrency level sends a fixed number of requests (stopping early at a time cap) from a raw
 asyncio HTTP/1.1 keep-alive client (cheap, so the 2-core machine's CPU goes to the server).
-Histories are the 20 latest items of real users of ``--dataset`` (ml-100k). Figures are merged into
-``results/summary.json`` under ``api`` (``p50_ms``, ``p99_ms``, ``rps`` at the highest
-concurrency, ``c1_p50_ms`` ...) with the command and settings that produced them (another dataset:
-under ``datasets.<name>.api``; other load settings: ``runs/bench_api/``).
+Histories are the 20 latest items of real users of ``--dataset``. Then every user of the P1 split
+(``--split-seed``, the run's ``data.split-seed``) is scored through ``/v1/score``: their whole
+training history (plus the validation item, for test), in the split's time order, and the held-out
+item with its 99 negatives, exactly what :func:`server.evaluation.central_p1` ranks. Figures are
+merged into ``results/summary.json`` under ``api`` (``p50_ms``, ``p99_ms``, ``rps`` at the highest
+concurrency, ``c1_p50_ms``, ``p1_hr@10``, ``p1_ndcg@10`` ...) with the command and settings that
+produced them, beside the test figures the checkpoint's run recorded for its round (another
+dataset: under ``datasets.<name>.api``; other settings: ``runs/bench_api/``).
 
-    fedxrec bench api [--checkpoint runs/central/checkpoint] [--data-dir $FEDXREC_DATA_DIR]
+    fedxrec bench api [--checkpoint runs/fed/best] [--data-dir $FEDXREC_DATA_DIR] [--p1-only]
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +55,72 @@ def histories(dataset: str, data_dir: Path, length: int, n: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(eligible), size=min(n, len(eligible)), replace=False)
     return [ids[rows[eligible[j][1] - length : eligible[j][1]]].tolist() for j in sorted(picked.tolist())]
+
+
+def p1_requests(split: Any, item_ids: list[int], which: str = "test") -> list[tuple[list[int], list[int]]]:
+    """(history, candidates) per evaluated user, as item ids: what ``central_p1`` ranks for ``which``.
+
+    The history is the user's training items in the split's time order, plus the validation item
+    when ranking test (``shared.training.eval_histories``); the candidates are the held-out item
+    first, then its negatives.
+    """
+    target = split.val if which == "val" else split.test
+    negs = split.val_negatives if which == "val" else split.test_negatives
+    out = []
+    for u in np.flatnonzero(target >= 0).tolist():
+        h = split.train[u].tolist()
+        if which == "test" and split.val[u] >= 0:
+            h.append(int(split.val[u]))
+        cand = [int(target[u]), *negs[u].tolist()]
+        out.append(([item_ids[r] for r in h], [item_ids[r] for r in cand]))
+    return out
+
+
+def p1_via_api(
+    post: Callable[[dict[str, Any]], dict[str, Any]], split: Any, item_ids: list[int], which: str = "test", k: int = 10
+) -> dict[str, Any]:
+    """HR@k / NDCG@k of the served model through ``/v1/score`` (``post`` sends one body, returns the reply)."""
+    from shared.metrics import hit_rate, ndcg, rank_of_target
+
+    ranks = []
+    for history, cand in p1_requests(split, item_ids, which):
+        scores = [s["score"] for s in post({"history": history, "item_ids": cand})["scores"]]
+        ranks.append(int(rank_of_target(np.array([scores]), 0)[0]))
+    r = np.array(ranks, np.int64)
+    return {"ranks": r, f"{which}-hr@{k}": hit_rate(r, k), f"{which}-ndcg@{k}": ndcg(r, k)}
+
+
+def p1_figures(port: int, data_dir: Path, dataset: str, cache_dir: str, split_seed: int) -> dict[str, Any]:
+    """The P1 test figures of the served model over every user, through ``/v1/score`` on ``port``."""
+    import httpx
+
+    from shared.data import load_dataset
+    from shared.splits import cached_split
+
+    kwargs = {"kg_version": "dbpedia-live-2024"} if dataset == "ml-100k" else {}
+    ds = load_dataset(dataset, data_dir, **kwargs)
+    split = cached_split(ds.interactions, len(ds.catalogue), cache_dir, seed=split_seed)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+
+        def post(body: dict[str, Any]) -> dict[str, Any]:
+            r = c.post("/v1/score", json=body)
+            r.raise_for_status()
+            return r.json()  # type: ignore[no-any-return]
+
+        f = p1_via_api(post, split, ds.catalogue.ids, "test")
+    return {
+        "p1_hr@10": round(f["test-hr@10"], 4),
+        "p1_ndcg@10": round(f["test-ndcg@10"], 4),
+        "p1_users": len(f["ranks"]),
+    }
+
+
+def checkpoint_test_figures(checkpoint: Path) -> dict[str, Any]:
+    """The test figures the run recorded for the checkpoint's round (``meta.best``; empty if none)."""
+    meta = json.loads((checkpoint / "fedxrec.json").read_text()).get("meta", {})
+    best = meta.get("best", {})
+    out = {f"run_{k}": v for k, v in best.items() if k in ("test-hr@10", "test-ndcg@10", "round", "source")}
+    return out
 
 
 def _free_port() -> int:
@@ -140,10 +214,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit(
             f"bench_api: error: --concurrency: expected comma-separated numbers, got {args.concurrency!r}"
         ) from None
-    checkpoint = args.checkpoint or str(options.default_checkpoint(args.dataset))
+    checkpoint = args.checkpoint or str(options.served_checkpoint(args.dataset))
     if not (Path(checkpoint) / "fedxrec.json").is_file():
         raise SystemExit(
-            f"bench_api: error: no checkpoint at {checkpoint} (make it with `fedxrec central --dataset {args.dataset}`)"
+            f"bench_api: error: no checkpoint at {checkpoint} (make it with `fedxrec run --dataset {args.dataset}`)"
         )
     out = options.output("api", "bench_api", args)
     load_before = os.getloadavg()[0]  # the machine is shared: other work inflates the figures
@@ -168,21 +242,35 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(port, proc, args.workers, timeout=180)
-            hist = histories(args.dataset, data_dir, args.history_len, 200)
-            bodies = [
-                _raw_post(port, "/v1/recommend", {"history": h, "k": args.k, "exclude_seen": True, "explain": True})
-                for h in hist
-            ]
-            asyncio.run(load(port, bodies, max(levels), args.warmup, 60))  # warm every worker
+            p1 = {
+                **p1_figures(port, data_dir, args.dataset, args.cache_dir, args.split_seed),
+                **checkpoint_test_figures(Path(checkpoint)),
+            }
+            log.info("P1 through /v1/score: %s", p1)
             figures = {}
-            for c in levels:
-                figures[c] = asyncio.run(load(port, bodies, c, args.requests, args.max_seconds))
-                log.info("concurrency %d: %s", c, figures[c])
+            if not args.p1_only:
+                hist = histories(args.dataset, data_dir, args.history_len, 200)
+                bodies = [
+                    _raw_post(port, "/v1/recommend", {"history": h, "k": args.k, "exclude_seen": True, "explain": True})
+                    for h in hist
+                ]
+                asyncio.run(load(port, bodies, max(levels), args.warmup, 60))  # warm every worker
+                for c in levels:
+                    figures[c] = asyncio.run(load(port, bodies, c, args.requests, args.max_seconds))
+                    log.info("concurrency %d: %s", c, figures[c])
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    if args.p1_only:
+        api_p1 = {
+            **p1,
+            **provenance({"checkpoint": checkpoint, "dataset": args.dataset, "split_seed": args.split_seed}),
+        }
+        out.merge({"api": api_p1})
+        return api_p1
     top, one = figures[levels[-1]], figures[levels[0]]
     api = {
+        **p1,
         "p50_ms": top["p50_ms"],
         "p99_ms": top["p99_ms"],
         "rps": top["rps"],
@@ -194,6 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             {
                 "checkpoint": checkpoint,
                 "dataset": args.dataset,
+                "split_seed": args.split_seed,
                 "workers": args.workers,
                 "concurrency": levels,
                 "requests_per_level": args.requests,

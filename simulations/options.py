@@ -40,7 +40,7 @@ NEUTRAL: dict[str, set[str]] = {
     "kg": _COMMON | {"parts", "cache_dir", "work_dir", "retrain", "train_if_missing"},
     "fed": _COMMON | {"presets", "dp_overhead_only"},
     "dp": _COMMON | {"presets", "parts"},
-    "api": _COMMON | {"checkpoint", "server_log"},
+    "api": _COMMON | {"checkpoint", "server_log", "cache_dir", "p1_only"},
     "audit": _COMMON | {"parts", "fault_cases"},
 }
 
@@ -227,8 +227,11 @@ def add_api(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default=os.environ.get("FEDXREC_CHECKPOINT", ""),
-        help="checkpoint to serve ($FEDXREC_CHECKPOINT, else the central run's)",
+        help="checkpoint to serve ($FEDXREC_CHECKPOINT, else the main job's best round)",
     )
+    p.add_argument("--split-seed", type=int, default=0, help="the run's data.split-seed (P1 split)")
+    p.add_argument("--cache-dir", default=".cache/fedxrec", help="the run's data.cache-dir (persisted splits)")
+    p.add_argument("--p1-only", action="store_true", help="only the P1 figures through /v1/score (no load test)")
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--concurrency", default="1,32", help="comma-separated levels; the last is reported as api.rps")
     p.add_argument("--requests", type=positive_int, default=3000, help="requests per level")
@@ -311,6 +314,13 @@ def resolve_data_dir(data_dir: str) -> Path:
 def default_checkpoint(dataset: str) -> Path:
     """Where ``fedxrec central`` leaves the central model of ``dataset`` (what kg/api/serve read)."""
     return Path("runs") / ("central" if dataset == DEFAULT_DATASET else f"central-{dataset}") / "checkpoint"
+
+
+def served_checkpoint(dataset: str) -> Path:
+    """The best round of the main job on ``dataset`` (``runs/fed/best``; what ``fedxrec serve`` serves)."""
+    from server.best import default_checkpoint as best
+
+    return best(dataset)
 
 
 def num_users(dataset: str, data_dir: str, cache_dir: str = ".cache/fedxrec") -> int:

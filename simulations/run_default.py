@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.best import run_name_for
 from simulations.runner import ENV, REPO, app_defaults
 
 #: the name of this run's SuperLink connection in its own ``$FLWR_HOME/config.toml``
@@ -183,6 +184,9 @@ def effective_overrides(user: Mapping[str, Any]) -> dict[str, Any]:
     out["data.dir"] = str(resolve_data_dir(str(user.get("data.dir", ""))))
     out["data.cache-dir"] = _abs(str(user.get("data.cache-dir", schema["data.cache-dir"])), Path.cwd())
     out["fed.out-dir"] = _abs(str(user.get("fed.out-dir") or runs_dir()), Path.cwd())
+    dataset = str(user.get("data.dataset", schema["data.dataset"]))
+    if "fed.run-name" not in user:  # each dataset's main job has its own outputs (what serve and bench api read)
+        out["fed.run-name"] = run_name_for(dataset)
     return out
 
 
@@ -610,7 +614,7 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
     env = child_env(home, args.ray_address)
     if args.ray_address != "local":
         say(f"the simulation attaches to the Ray cluster at {args.ray_address}")
-    out = Path(overrides["fed.out-dir"]) / str(overrides.get("fed.run-name", app_defaults()["fed.run-name"]))
+    out = Path(overrides["fed.out-dir"]) / str(overrides["fed.run-name"])
     link: SuperLink | None = None
     ok = False
     with terminate_as_interrupt():
@@ -656,9 +660,10 @@ def _clean_home(home: Path) -> None:
 
 
 def _run_name(args: list[str]) -> str:
-    """``fed.run-name`` from ``-c`` overrides (the pyproject default is ``fed``)."""
+    """``fed.run-name`` from ``-c`` overrides (default: ``fed``, or ``fed-<dataset>`` for another dataset)."""
     ns, _ = parse_args(args)
-    return str(parse_overrides(ns.run_config).get("fed.run-name", app_defaults()["fed.run-name"]))
+    user = parse_overrides(ns.run_config)
+    return str(user.get("fed.run-name", run_name_for(str(user.get("data.dataset", app_defaults()["data.dataset"])))))
 
 
 def privacy_summary(path: Path) -> str:

@@ -50,3 +50,27 @@ def test_damaged_checkpoint_or_missing_data_fail_at_start(tmp_path: Path) -> Non
     (ckpt / "item_vectors.safetensors").write_bytes(b"garbage")
     with pytest.raises(StartupError, match="checksum mismatch"):
         Service.load(Settings(checkpoint=ckpt, data_dir=data, state_dir=tmp_path / "s"))
+
+
+def test_remove_rewrites_the_file_atomically_and_followers_notice(tmp_path: Path) -> None:
+    writer, follower = ColdItemStore(tmp_path), ColdItemStore(tmp_path)
+    with writer.locked():
+        writer.append({"id": 5, "title": "A"})
+        writer.append({"id": 6, "title": "B"})
+    assert [r["id"] for r in follower.read_new()] == [5, 6]
+    ino = writer.path.stat().st_ino
+    with writer.locked():
+        assert writer.read_new() == []
+        assert writer.remove(5) and not writer.remove(5) and not writer.remove(77)
+    assert writer.path.stat().st_ino != ino  # a new file renamed over the old one
+    assert not list(tmp_path.glob(".*.tmp"))
+    lines = [json.loads(x) for x in writer.path.read_text().splitlines()]
+    assert lines == [{"id": 5, "deleted": True}, {"id": 6, "title": "B"}]
+    assert follower.changed() and follower.rewritten()
+    with pytest.raises(StoreError, match="replaced"):
+        follower.read_new()
+    assert follower.read_all() == lines and not follower.changed()
+    with writer.locked():  # the writer follows its own rewrite: appends go on from there
+        assert writer.read_new() == []
+        writer.append({"id": 7, "title": "C"})
+    assert follower.read_new() == [{"id": 7, "title": "C"}]

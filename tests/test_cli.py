@@ -129,18 +129,27 @@ def test_run_passes_the_dataset_and_node_count_to_the_main_job(tmp_path: Path, m
     assert seen == {"argv": ["-c", f'data.dir="{data.resolve()}"', "--num-supernodes", "2"]}
 
 
-def test_serve_sets_the_dataset_for_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_sets_the_dataset_for_its_workers_and_serves_its_main_jobs_best_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import uvicorn
+
+    from server.api.settings import get_settings
 
     for name in ("CHECKPOINT", "DATASET", "DATA_DIR", "PORT"):
         monkeypatch.setenv(f"FEDXREC_{name}", "")  # so that serve's settings are undone after the test
         monkeypatch.delenv(f"FEDXREC_{name}")
+    monkeypatch.setenv("FEDXREC_RUNS_DIR", str(tmp_path / "runs"))
+    best = tmp_path / "runs" / "fed-ml-latest-small" / "best"  # `fedxrec run --dataset ml-latest-small` writes it
+    best.mkdir(parents=True)
+    (best / "fedxrec.json").write_text("{}")
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     assert cli.main(["serve", "--dataset", "ml-latest-small", "--port", "8123"]) == 0
     assert os.environ["FEDXREC_DATASET"] == "ml-latest-small"
-    assert os.environ["FEDXREC_CHECKPOINT"] == "runs/central-ml-latest-small/checkpoint"
+    assert get_settings().checkpoint.resolve() == best.resolve()
     assert calls and calls[0]["port"] == 8123
+    get_settings.cache_clear()
 
 
 # ------------------------------------------------------------------------------ where figures go

@@ -161,10 +161,12 @@ def _tiny_args(tmp_path: Path, tiny_bert: str, *extra_c: str) -> list[str]:
     c = (
         f"num-server-rounds=1 fed.central-eval=false data.dir='{data}' data.cache-dir='{tmp_path / 'cache'}' "
         f"model.backbone='{tiny_bert}' model.dim=16 model.bottleneck=8 model.history-len=8 train.negatives=8 "
-        "local.batch-size=4 " + " ".join(extra_c)
+        "local.batch-size=4"
     )
+    # the extras in a later -c line: they may override a key of the first (a repeated key in one line is a TOML error)
+    later = ["-c", " ".join(extra_c)] if extra_c else []
     # two nodes on one Ray worker: the smallest simulation
-    return ["--num-supernodes", "2", "--federation-config", "init-args-num-cpus=1", "-c", c]
+    return ["--num-supernodes", "2", "--federation-config", "init-args-num-cpus=1", "-c", c, *later]
 
 
 def _run_default(tmp_path: Path, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

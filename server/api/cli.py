@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
+from server.best import default_checkpoint
 from shared.config import DATASETS, DEFAULT_DATASET
 
 APP = "server.api.main:app"
+STARTUP_FAILURE = 3  # uvicorn's exit status when the application fails to start
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The options of ``fedxrec serve`` (each overrides its ``FEDXREC_*`` variable)."""
-    p.add_argument("--checkpoint", help="checkpoint directory (FEDXREC_CHECKPOINT; default: the dataset's central run)")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint directory (FEDXREC_CHECKPOINT; default: the best round of the dataset's main job)",
+    )
     p.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -44,13 +52,6 @@ def serve(argv: list[str] | None = None) -> int:
 
 def serve_args(args: argparse.Namespace) -> int:
     """Run uvicorn with parsed ``fedxrec serve`` options (each overrides its ``FEDXREC_*`` variable)."""
-    if (
-        args.dataset
-        and args.dataset != DEFAULT_DATASET
-        and not args.checkpoint
-        and "FEDXREC_CHECKPOINT" not in os.environ
-    ):
-        args.checkpoint = f"runs/central-{args.dataset}/checkpoint"  # where `fedxrec central --dataset` saves it
     # Workers are separate processes that read their settings from the environment.
     for name in ("checkpoint", "dataset", "data_dir", "state_dir", "host", "port", "workers"):
         value = getattr(args, name)
@@ -70,6 +71,9 @@ def serve_args(args: argparse.Namespace) -> int:
     except ValidationError as e:
         bad = "; ".join(f"FEDXREC_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
         raise SystemExit(f"fedxrec serve: bad setting: {bad}") from None
+    problem = missing_checkpoint(s.checkpoint, s.dataset)
+    if problem:
+        raise SystemExit(problem)
     kwargs: dict[str, Any] = {
         "host": s.host,
         "port": s.port,
@@ -81,6 +85,18 @@ def serve_args(args: argparse.Namespace) -> int:
         return _run_workers(s.workers, kwargs)
     uvicorn.run(APP, workers=s.workers, **kwargs)
     return 0
+
+
+def missing_checkpoint(path: Path, dataset: str = DEFAULT_DATASET) -> str | None:
+    """One line naming the missing checkpoint and the command that makes it (None: it is there)."""
+    if (Path(path) / "fedxrec.json").is_file():
+        return None
+    job = "`make run`" if dataset == DEFAULT_DATASET else f"`fedxrec run --dataset {dataset}`"
+    return (
+        f"fedxrec serve: no checkpoint at {path} (no fedxrec.json); the main job {job} writes its best"
+        f" round to {default_checkpoint(dataset)} (the default), or set FEDXREC_CHECKPOINT (--checkpoint) to"
+        " another checkpoint"
+    )
 
 
 def _run_workers(n: int, kwargs: dict[str, Any]) -> int:
@@ -117,7 +133,10 @@ def _worker(kwargs: dict[str, Any]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(addr)
-    uvicorn.Server(uvicorn.Config(APP, **kwargs)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(APP, **kwargs))
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed (as uvicorn.run exits then): the others are stopped
+        sys.exit(STARTUP_FAILURE)
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -125,11 +144,34 @@ def log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg.setdefault("filters", {})["startup"] = {"()": StartupErrorFilter}
+    cfg["handlers"]["default"].setdefault("filters", []).append("startup")
     cfg["formatters"]["app"] = {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"}
     cfg["handlers"]["app"] = {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"}
     for name in ("server", "kg", "shared"):
         cfg["loggers"][name] = {"handlers": ["app"], "level": level.upper(), "propagate": False}
     return cfg
+
+
+class StartupErrorFilter(logging.Filter):
+    """Shortens uvicorn's report of a failed start (a traceback) to the service's one-line reason."""
+
+    MARK = "StartupError: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        msg = record.getMessage()
+        if self.MARK not in msg:
+            return True
+        reason = [line for line in msg.splitlines() if self.MARK in line][-1].split(self.MARK, 1)[1]
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"fedxrec serve: cannot start: {reason}",
+            (),
+            None,
+            None,
+        )
+        return True
 
 
 if __name__ == "__main__":

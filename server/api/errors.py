@@ -1,4 +1,4 @@
-"""Exception handlers: service errors become 404/422 bodies shaped like FastAPI's validation errors.
+"""Exception handlers: service errors become 404/409/422 bodies shaped like FastAPI's validation errors.
 
 A 422 names the field (``loc``), as FastAPI's own do; request values are not echoed back for the
 service's errors, and nothing here logs a request body.
@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from server.api.service import InputError, UnknownIdError
+from server.api.service import ConflictError, InputError, UnknownIdError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,12 @@ def _body(exc: InputError) -> dict[str, object]:
 
 async def input_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InputError)
-    code = status.HTTP_404_NOT_FOUND if isinstance(exc, UnknownIdError) else status.HTTP_422_UNPROCESSABLE_CONTENT
+    if isinstance(exc, UnknownIdError):
+        code = status.HTTP_404_NOT_FOUND
+    elif isinstance(exc, ConflictError):
+        code = status.HTTP_409_CONFLICT
+    else:
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT
     return JSONResponse(_body(exc), status_code=code)
 
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from server.api import errors
 from server.api.deps import get_service
 from server.api.middleware import RequestLog
-from server.api.routes import health, items, recommend
+from server.api.routes import health, items, page, recommend
 from server.api.service import Service
 from server.api.settings import Settings, get_settings
 
@@ -69,6 +69,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(recommend.router)
     app.include_router(items.router)
+    page.install(app)
     errors.install(app)
     app.add_middleware(RequestLog, enabled=get_settings().log_requests)
     app.openapi = lambda: _with_limits(app)  # type: ignore[method-assign]

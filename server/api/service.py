@@ -55,6 +55,12 @@ class UnknownIdError(InputError):
     kind = "unknown_item"
 
 
+class ConflictError(InputError):
+    """The request is well-formed but refused in the service's state (e.g. deleting a catalogue item)."""
+
+    kind = "conflict"
+
+
 class StartupError(RuntimeError):
     """The service cannot start: checkpoint, catalogue, KG or store are missing or inconsistent."""
 
@@ -118,6 +124,7 @@ class Service:
         self.started = time.time()
         self.cold_ids: list[int] = []
         self._cold_set: set[int] = set()
+        self._max_id = max([*catalogue.ids, *model.item_ids], default=-1)  # ids are never handed out twice
         self.explainer = PathExplainer(graph)
         self.n_edges = graph.number_of_edges()
         self._unit = self._normalised(model.vectors)
@@ -200,12 +207,20 @@ class Service:
         return f"unknown item id {item_id}"
 
     def _history_rows(self, history: Sequence[int], timestamps: Sequence[float] | None) -> np.ndarray:
+        """Rows of the whole history, oldest first (the model reads the latest ``model.history-len``)."""
         if not history:
             raise InputError(("body", "history"), "must hold at least one item id")
         if len(history) > self.settings.max_history:
-            raise InputError(("body", "history"), f"at most {self.settings.max_history} items, got {len(history)}")
+            raise InputError(
+                ("body", "history"),
+                f"at most {self.settings.max_history} items (FEDXREC_MAX_HISTORY), got {len(history)}",
+            )
         rows = self._rows(history, "history")  # names the position of an unknown id in the request
         return rows if timestamps is None else self._rows(self._ordered(history, timestamps), "history")
+
+    def _explain_window(self, history: Sequence[int], timestamps: Sequence[float] | None) -> list[int]:
+        """The latest ``FEDXREC_EXPLAIN_WINDOW`` history items, oldest first (what explanations link from)."""
+        return self._ordered(history, timestamps)[-self.settings.explain_window :]
 
     def _sim(self, history: Sequence[int], targets: Sequence[int]) -> kg.paths.Similarity:
         """Cosine similarity of item vectors, precomputed for history x targets (one matmul)."""
@@ -229,18 +244,13 @@ class Service:
         if not 1 <= k <= self.settings.max_k:
             raise InputError(("body", "k"), f"must be between 1 and {self.settings.max_k}, got {k}")
         rows = self._history_rows(history, timestamps)
-        top, scores = self.model.top_k(rows, k, rows if exclude_seen else None)
+        top, scores = self.model.top_k(rows, k, rows if exclude_seen else None)  # the whole history is excluded
         ids = [self.model.item_ids[r] for r in top]
         explanations: list[dict[str, Any] | None] = [None] * len(ids)
         if explain and ids:
+            window = self._explain_window(history, timestamps)
             explanations = list(
-                self.explainer.explain_data(
-                    history,
-                    ids,
-                    timestamps=timestamps,
-                    sim=self._sim(history, ids),
-                    max_paths=self.settings.max_paths,
-                )
+                self.explainer.explain_data(window, ids, sim=self._sim(window, ids), max_paths=self.settings.max_paths)
             )
         get = self.catalogue.get
         return [Scored(get(i), float(s), e) for i, s, e in zip(ids, scores.tolist(), explanations, strict=True)]
@@ -266,9 +276,8 @@ class Service:
         cand = self._rows([item_id], "item_id", indexed=False)
         rows = self._history_rows(history, timestamps)
         score = float(self.model.scores(rows, cand)[0])
-        (expl,) = self.explainer.explain(
-            history, [item_id], timestamps=timestamps, sim=self._sim(history, [item_id]), max_paths=max_paths
-        )
+        window = self._explain_window(history, timestamps)
+        (expl,) = self.explainer.explain(window, [item_id], sim=self._sim(window, [item_id]), max_paths=max_paths)
         return score, expl
 
     def item(self, item_id: int) -> Item:
@@ -318,7 +327,7 @@ class Service:
             raise StartupError("no cold-item store configured")
         with self.store.locked():
             self.sync()  # items other workers registered come first (ids stay unique)
-            item_id = max(max(self.catalogue.ids), max(self.model.item_ids)) + 1
+            item_id = self._max_id + 1
             node = kg.add_item(self.graph, _kg_record(item_id, new))
             try:
                 vec, bias, n_nb = self._cold_vector(item_id, text_vector)
@@ -343,32 +352,83 @@ class Service:
         log.info("registered cold item %d with %d KG neighbours", item_id, n_nb)
         return item_id, n_nb
 
+    def delete(self, item_id: int) -> None:
+        """Remove a registered (cold) item everywhere, and from the store (rewritten atomically).
+
+        Raises
+        ------
+        UnknownIdError
+            No item has this id (404).
+        ConflictError
+            The item is in the catalogue the checkpoint was trained on (only registered items go).
+        """
+        loc: Loc = ("path", "item_id")
+        if self.store is None:
+            raise StartupError("no cold-item store configured")
+        with self.store.locked():
+            self.sync()  # another worker may have deleted it (or registered more) meanwhile
+            if item_id not in self.catalogue:
+                raise UnknownIdError(loc, f"unknown item id {item_id}")
+            if item_id not in self._cold_set:
+                raise ConflictError(
+                    loc,
+                    f"item {item_id} is a catalogue item; only items registered through POST /v1/items can be deleted",
+                )
+            self.store.remove(item_id)
+        self._unapply(item_id)
+        self.explainer.refresh()
+        log.info("deleted cold item %d", item_id)
+
     def sync(self) -> None:
-        """Pick up items other worker processes registered (cheap when there are none)."""
-        if self.store is not None and self.store.changed():
+        """Pick up items other worker processes registered or deleted (cheap when there are none)."""
+        if self.store is None or not self.store.changed():
+            return
+        if self.store.rewritten():  # a deletion rewrote the file: reconcile with all of it
+            records = self.store.read_all()
+            live = {r["id"] for r in records if not r.get("deleted")}
+            gone = [i for i in self.cold_ids if i not in live]
+            for i in gone:
+                self._unapply(i)
+            if gone:
+                self.explainer.refresh()
+                log.info("synced %d deleted cold items", len(gone))
+            self._replay(records, at_startup=False)
+        else:
             self._replay(self.store.read_new(), at_startup=False)
 
     def _replay(self, records: list[dict[str, Any]], *, at_startup: bool) -> None:
         added = 0
+        where = self.store.path if self.store else "store"
         for rec in records:
             item_id = rec["id"]
+            self._max_id = max(self._max_id, item_id)
+            if rec.get("deleted"):
+                if item_id in self._cold_set:
+                    self._unapply(item_id)
+                continue
             if item_id in self._cold_set:
                 continue  # this process registered it
             if item_id in self.catalogue:
-                raise StoreError(
-                    f"{self.store.path if self.store else 'store'}: item {item_id} is already in the catalogue"
-                )
+                raise StoreError(f"{where}: item {item_id} is already in the catalogue")
             try:
                 new = NewItem(
                     rec["title"], rec.get("year"), list(rec["genres"]), rec.get("text", ""), dict(rec["entities"])
                 )
                 kg.add_item(self.graph, _kg_record(item_id, new))
             except (KeyError, TypeError, ValueError, kg.KGError) as e:
-                where = self.store.path if self.store else "store"
                 raise StoreError(f"{where}: item {item_id}: malformed record: {e}") from e
-            vec = np.asarray(rec.get("vector", []), np.float32)
-            if rec.get("checkpoint") == self.checkpoint_id and vec.shape == (self.model.vectors.shape[1],):
-                bias = float(rec["bias"])
+            if rec.get("checkpoint") == self.checkpoint_id:
+                try:
+                    vec, bias = np.asarray(rec["vector"], np.float32), float(rec["bias"])
+                    bad = self.model.out_of_range(vec, bias)
+                except (KeyError, TypeError, ValueError) as e:
+                    bad = f"malformed vector or bias ({e})"
+                if bad:
+                    _remove_item(self.graph, item_node(item_id))
+                    raise StoreError(
+                        f"{where}: item {item_id}: {bad}; remove that item's line from the file"
+                        " (then register it again) to start"
+                    )
             else:  # registered under another checkpoint: recompute from text and KG
                 log.info("cold item %d was registered under another checkpoint; recomputing its vector", item_id)
                 vec, bias, _ = self._cold_vector(item_id, self.text_vector(new))
@@ -383,10 +443,10 @@ class Service:
         m = self.model
         nb = [(i, w) for i, w in kg.neighbours(self.graph, item_id) if i in m.row_of][:DEFAULT_MAX_NEIGHBOURS]
         if not nb:
-            return text_vector.astype(np.float32), float(np.median(m.bias)), 0
+            return m.normalise(text_vector), float(np.median(m.bias)), 0
         prior = kg.neighbour_prior(self.graph, item_id, m.vectors, m.row_of)
         a = self.settings.prior_weight
-        vec = ((1.0 - a) * text_vector + a * prior).astype(np.float32)
+        vec = m.normalise((1.0 - a) * text_vector + a * prior)  # as the catalogue's (unit length under cosine)
         w = np.array([x for _, x in nb])
         bias = float(w @ m.bias[[m.row_of[i] for i, _ in nb]] / w.sum())
         return vec, bias, len(nb)
@@ -399,7 +459,20 @@ class Service:
         self._search.append((item_id, _search_key(item.title)))
         self.cold_ids.append(item_id)
         self._cold_set.add(item_id)
+        self._max_id = max(self._max_id, item_id)
         self.n_edges += self.graph.out_degree(item_node(item_id))
+
+    def _unapply(self, item_id: int) -> None:
+        """Undo :meth:`_apply` (the caller refreshes the explainer)."""
+        node = item_node(item_id)
+        self.n_edges -= self.graph.out_degree(node)
+        _remove_item(self.graph, node)
+        self.catalogue = Catalogue([it for it in self.catalogue.items if it.id != item_id], self.catalogue.genres)
+        row = self.model.remove_item(item_id)
+        self._unit = np.delete(self._unit, row, axis=0)
+        self._search = [(i, key) for i, key in self._search if i != item_id]
+        self.cold_ids.remove(item_id)
+        self._cold_set.discard(item_id)
 
     @staticmethod
     def _normalised(v: np.ndarray) -> np.ndarray:

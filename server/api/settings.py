@@ -8,15 +8,21 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.best import default_checkpoint
+
 
 class Settings(BaseSettings):
     """Everything the API needs to start; every field is ``FEDXREC_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="FEDXREC_", extra="ignore")
 
-    checkpoint: Path = Field(default=Path("runs/central/checkpoint"), description="checkpoint directory to serve")
-    data_dir: Path = Field(default=Path("data"), description="data directory holding ml-100k/ and kg/")
     dataset: str = "ml-100k"
+    checkpoint: Path = Field(
+        default_factory=lambda data: default_checkpoint(data["dataset"]),
+        description="checkpoint directory to serve (default: the main job's best round on the dataset,"
+        " $FEDXREC_RUNS_DIR/fed/best; another dataset: fed-<dataset>/best)",
+    )
+    data_dir: Path = Field(default=Path("data"), description="data directory holding ml-100k/ and kg/")
     kg_version: str = "dbpedia-live-2024"
     kg_path: Path | None = Field(
         default=None, description="saved KG (kg.save_graph); built from the catalogue if unset"
@@ -28,7 +34,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
     log_requests: bool = True
-    max_history: int = Field(default=200, ge=1, description="longest history a request may carry")
+    max_history: int = Field(
+        default=5000, ge=1, description="longest history a request may carry (the model reads its latest history-len)"
+    )
+    explain_window: int = Field(
+        default=500, ge=1, description="latest history items that explanation paths may start from"
+    )
     max_k: int = Field(default=100, ge=1, description="largest k of /v1/recommend")
     max_score_items: int = Field(default=500, ge=1, description="most candidates /v1/score re-ranks in one call")
     max_paths: int = Field(default=3, ge=1, le=20, description="paths per recommended item")

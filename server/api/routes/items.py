@@ -1,10 +1,10 @@
-"""``/v1/items``: look up and search the catalogue, register cold-start items."""
+"""``/v1/items``: look up and search the catalogue, register and delete cold-start items."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from server.api import schemas
@@ -57,3 +57,20 @@ async def register_item(req: schemas.NewItemRequest, service: ServiceDep) -> sch
     return schemas.NewItemResponse(
         id=item_id, neighbours=neighbours, item=convert.item_out(service, service.item(item_id))
     )
+
+
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    dependencies=[Depends(require_token)],
+    responses={
+        401: {"model": schemas.ErrorMessage, "description": "missing or invalid bearer token"},
+        404: {"model": schemas.ErrorList, "description": "no item with this id"},
+        409: {"model": schemas.ErrorList, "description": "a catalogue item (only registered items can be deleted)"},
+    },
+)
+async def delete_item(service: ServiceDep, item_id: Annotated[int, Path(ge=0, le=2**31 - 1)]) -> Response:
+    """Delete a registered cold-start item: gone from ranking, explanations and the persisted store."""
+    service.delete(item_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
