@@ -34,8 +34,9 @@ def run_name_for(dataset: str) -> str:
 
 
 def default_checkpoint(dataset: str = DEFAULT_DATASET) -> Path:
-    """The main job's best-round checkpoint on ``dataset``: ``$FEDXREC_RUNS_DIR`` (else ``./runs``) ``/fed/best``
-    (another dataset: ``fed-<dataset>/best``).
+    """The main job's best-round checkpoint on ``dataset``: ``<runs>/fed/best`` (another: ``fed-<dataset>/best``).
+
+    ``<runs>`` is ``$FEDXREC_RUNS_DIR``, else ``./runs``.
     """
     return runs_root() / run_name_for(dataset) / BEST_DIR
 
