@@ -12,12 +12,13 @@ the central model (history mode, no ID residual) is trained on the item cold-sta
 * ``random``: seeded uniform scores.
 
 A constant bias shared by every cold item changes neither HR@10 (every candidate is cold) nor
-Recall@20 (only cold items are ranked), so the text bias choice is immaterial. Test users (those with
-a cold test item) are split by a seeded permutation into a *tuning* half and a *report* half: the
-mix weight (and the KG prior's neighbour cap) are chosen on the tuning half only; every
-``cold.<method>`` figure is measured on the report half. HR@10 ranks each user's latest cold
-interaction against its 99 sampled cold negatives; Recall@20 ranks all cold items (relevant: the
-user's cold items). The user vector reads the user's warm training items plus the validation item.
+Recall@20 (only cold items are ranked), so the text bias choice is immaterial. The cold *items* are
+split by a seeded permutation into a *tuning* half and a *report* half (:func:`cold_item_halves`); a
+user belongs to the half holding their latest cold interaction, which is ranked against up to 99
+cold negatives re-sampled from that half; Recall@20 ranks that half's items (relevant: the user's
+cold items in it). The mix weight, the KG prior's neighbour cap, bias weight and renormalisation are
+chosen on the tuning half's items and users only; every ``cold.<method>`` figure is measured on the
+report half's. The user vector reads the user's warm training items plus the validation item.
 
 **Explanations** (``explain.*``): for every ml-100k P1 test user, the checkpoint's top-10 over
 items not in the history (training items + validation item), explained by :class:`kg.PathExplainer`
@@ -225,19 +226,26 @@ def kg_priors(
 
 @dataclasses.dataclass
 class ColdEval:
-    """Per-user scoring of cold items: HR@10 candidates and full cold ranking."""
+    """Per-user scoring of a set of cold items: HR@10 candidates and full ranking over that set.
+
+    ``cold_rows`` are the scored items (the columns of the vectors given to :meth:`per_user`);
+    ``negatives`` (B, K) the candidates ranked against each user's target (default: the split's 99
+    test negatives, which must then lie in ``cold_rows``).
+    """
 
     split: Split
     cm: ColdModel
     cold_rows: np.ndarray  # (C,)
-    users: np.ndarray  # user positions with a cold test item
+    users: np.ndarray  # user positions whose cold test item is in cold_rows
+    negatives: np.ndarray | None = None  # (B, K) rows
 
     def __post_init__(self) -> None:
         col = {r: j for j, r in enumerate(self.cold_rows.tolist())}
         s = self.split
+        negs = s.test_negatives[self.users] if self.negatives is None else self.negatives
         self.cand = np.array(
-            [[col[int(s.test[u])], *[col[int(x)] for x in s.test_negatives[u]]] for u in self.users.tolist()]
-        )  # (B, 100) columns into the cold table, target first
+            [[col[int(s.test[u])], *[col[int(x)] for x in n]] for u, n in zip(self.users.tolist(), negs, strict=True)]
+        )  # (B, 1 + K) columns into the cold table, target first
         assert s.seen is not None
         self.relevant = [np.array([col[x] for x in s.seen[u].tolist() if x in col]) for u in self.users.tolist()]
 
@@ -251,6 +259,39 @@ class ColdEval:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :20]
         recall = np.array([recall_at_k(top[i : i + 1], [rel], 20) for i, rel in enumerate(self.relevant)])
         return (ranks < 10).astype(float), recall
+
+
+@dataclasses.dataclass
+class ColdHalf:
+    """One half of the cold items: its rows, their columns in the cold table, and its users' candidates."""
+
+    rows: np.ndarray  # (C_h,) catalogue rows
+    cols: np.ndarray  # (C_h,) positions of ``rows`` in the sorted cold rows
+    users: np.ndarray  # users whose cold test item is one of ``rows``
+    negatives: np.ndarray  # (B, K) rows of ``rows`` each user never interacted with
+
+
+def cold_item_halves(split: Split, cold_rows: np.ndarray, seed: int, k: int = 99) -> tuple[ColdHalf, ColdHalf]:
+    """Split the cold items (not the users) by a seeded permutation into a tuning and a report half.
+
+    A user belongs to the half holding their cold test item; their negatives are re-sampled (seeded)
+    from that half's items they never interacted with, ``min(k, fewest available)`` for every user
+    of the half, so no choice made on one half ever sees the other half's items.
+    """
+    assert split.seen is not None
+    rng = np.random.default_rng([seed, 1])
+    perm = rng.permutation(len(cold_rows))
+    halves = []
+    for cols in (np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])):
+        rows = cold_rows[cols]
+        in_half = np.zeros(split.num_items, bool)
+        in_half[rows] = True
+        users = np.flatnonzero((split.test >= 0) & in_half[np.maximum(split.test, 0)])
+        pools = [np.setdiff1d(rows, split.seen[u]) for u in users.tolist()]
+        n = min(k, *(len(p) for p in pools)) if pools else k
+        negatives = np.stack([rng.choice(p, size=n, replace=False) for p in pools]) if pools else np.zeros((0, n), int)
+        halves.append(ColdHalf(rows, cols, users, negatives))
+    return halves[0], halves[1]
 
 
 def run_cold(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,10 +312,10 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     graph = cold_graph(ds, cold_rows)
 
     test_users = np.flatnonzero(split.test >= 0)
-    perm = np.random.default_rng(args.seed).permutation(test_users)
-    tune_users, report_users = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
-    tune = ColdEval(split, cm, cold_rows, tune_users)
-    report = ColdEval(split, cm, cold_rows, report_users)
+    tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
+    tune = ColdEval(split, cm, tune_half.rows, tune_half.users, tune_half.negatives)
+    report = ColdEval(split, cm, report_half.rows, report_half.users, report_half.negatives)
+    tune_users, report_users = tune_half.users, report_half.users
 
     text_v = cm.vectors[cold_rows]
     text_b = np.full(len(cold_rows), float(cm.bias[warm_rows].mean()), np.float32)
@@ -302,7 +343,8 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
         for renorm in (False, True):
             for a in ALPHAS:
                 for lam in BIAS_WEIGHTS:
-                    h, r = tune.per_user(*mix(a, cap, lam, renorm))
+                    v, b = mix(a, cap, lam, renorm)
+                    h, r = tune.per_user(v[tune_half.cols], b[tune_half.cols])
                     grid.append(
                         {
                             "alpha": a,
@@ -334,12 +376,13 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
         "kg": mix(0.0, best_kg["max_neighbours"], None, best_kg["renorm"]),
         "text+kg": mix(best_mix["alpha"], best_mix["max_neighbours"], best_mix["bias_weight"], best_mix["renorm"]),
     }
-    h, r = report.per_user_scores(rng.random((len(report_users), len(cold_rows))))
+    h, r = report.per_user_scores(rng.random((len(report_users), len(report_half.rows))))
     out["random"] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
     for name, (v, b) in methods.items():
-        h, r = report.per_user(v, b)
+        h, r = report.per_user(v[report_half.cols], b[report_half.cols])
         out[name] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
-    # for reference only (not the reported protocol): every test user, fixed choices
+    # for reference only (not the reported protocol): every test user against the split's 99 negatives
+    # over all cold items, with the choices made on the tuning half
     all_users = ColdEval(split, cm, cold_rows, test_users)
     ref = {name: round(float(all_users.per_user(v, b)[0].mean()), 4) for name, (v, b) in methods.items()}
     settings = {
@@ -359,11 +402,16 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
         "mix_bias": "alpha-mix of text and kg biases"
         if best_mix["bias_weight"] is None
         else f"{best_mix['bias_weight']} x kg bias (text bias is a constant)",
-        "tuning": "alpha, neighbour cap, bias weight and prior renorm chosen by HR@10 on a seeded half of the cold test users; "
-        "every figure is on the other half",
+        "tuning": "alpha, neighbour cap, bias weight and prior renorm chosen by HR@10 on a seeded half of the cold "
+        "items (its users: those whose cold test item is in it; negatives from that half only); every figure is on "
+        "the other half's items and users",
         "tuning_half_best": {"kg": best_kg, "text+kg": best_mix},
         "users": {"tuning": len(tune_users), "report": len(report_users)},
-        "cold_items": len(cold_rows),
+        "cold_items": {"all": len(cold_rows), "tuning": len(tune_half.rows), "report": len(report_half.rows)},
+        "negatives_per_user": {
+            "tuning": int(tune_half.negatives.shape[1]),
+            "report": int(report_half.negatives.shape[1]),
+        },
         "hr@10_all_test_users_reference": ref,
         "seconds": round(time.perf_counter() - t0, 1),
         "seed": args.seed,

@@ -64,6 +64,45 @@ def test_cold_eval_hits_and_recall() -> None:
     assert recall[0] == 1.0 and recall[1] == 0.0
 
 
+def test_cold_knobs_are_tuned_on_other_items_than_those_reported() -> None:
+    rng = np.random.default_rng(0)
+    n_items, cold_rows = 400, np.arange(200, 400)
+    seen = [np.unique(np.r_[rng.choice(200, 10), rng.choice(cold_rows, rng.integers(2, 30))]) for _ in range(60)]
+    test = np.array([int(rng.choice(s[s >= 200])) for s in seen])
+    split = Split(
+        users=np.arange(60),
+        train=[s[s < 200] for s in seen],
+        train_ts=[np.arange((s < 200).sum()) for s in seen],
+        val=np.full(60, -1),
+        test=test,
+        val_negatives=np.zeros((60, 99), np.int64),
+        test_negatives=np.zeros((60, 99), np.int64),
+        num_items=n_items,
+        cold_items=cold_rows,
+        seen=seen,
+    )
+    tune, report = bench_kg.cold_item_halves(split, cold_rows, seed=0)
+    assert not set(tune.rows.tolist()) & set(report.rows.tolist())
+    assert sorted([*tune.rows.tolist(), *report.rows.tolist()]) == cold_rows.tolist()
+    assert sorted([*tune.users.tolist(), *report.users.tolist()]) == list(range(60))
+    for half in (tune, report):
+        np.testing.assert_array_equal(cold_rows[half.cols], half.rows)
+        rows = set(half.rows.tolist())
+        for u, negs in zip(half.users.tolist(), half.negatives, strict=True):
+            assert int(test[u]) in rows  # the user's target is one of this half's items
+            assert set(negs.tolist()) <= rows and not set(negs.tolist()) & set(seen[u].tolist())
+            assert len(set(negs.tolist())) == len(negs)
+        # every candidate of the half's evaluation is one of its items
+        cm = bench_kg.ColdModel(
+            np.zeros((n_items, 3), np.float32), np.zeros(n_items, np.float32), np.ones((60, 3)), 1.0, {}
+        )
+        ev = bench_kg.ColdEval(split, cm, half.rows, half.users, half.negatives)
+        assert (
+            ev.cand.max() < len(half.rows)
+            and (ev.cand[:, 0] == [half.rows.tolist().index(test[u]) for u in half.users]).all()
+        )
+
+
 def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     args = argparse.Namespace(
