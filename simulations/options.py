@@ -37,7 +37,7 @@ _COMMON = {"dataset", "data_dir", "threads", "no_write", "results"}
 NEUTRAL: dict[str, set[str]] = {
     "core": _COMMON | {"runs", "checkpoint"},
     "central": _COMMON | {"checkpoint"},
-    "kg": _COMMON | {"parts", "cache_dir", "work_dir", "retrain", "train_if_missing"},
+    "kg": _COMMON | {"parts", "cache_dir", "work_dir", "retrain", "train_if_missing", "checkpoint"},
     "fed": _COMMON | {"presets", "dp_overhead_only"},
     "dp": _COMMON | {"presets", "parts"},
     "api": _COMMON | {"checkpoint", "server_log", "cache_dir", "p1_only"},
