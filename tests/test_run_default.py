@@ -36,6 +36,9 @@ def test_the_final_table_states_the_privacy_of_the_run(tmp_path: Path) -> None:
 def test_the_run_name_comes_from_the_overrides() -> None:
     assert _run_name([]) == "fed"
     assert _run_name(["-c", "num-server-rounds=3 fed.run-name='abc'"]) == "abc"
+    # another dataset's main job has its own outputs (what `fedxrec serve --dataset` serves)
+    assert _run_name(["-c", "data.dataset='ml-latest-small'"]) == "fed-ml-latest-small"
+    assert _run_name(["-c", "data.dataset='ml-latest-small' fed.run-name='x'"]) == "x"
 
 
 # --------------------------------------------------------------------------------------------------
