@@ -39,6 +39,7 @@ bench: install  ## all benchmarks at their documented settings; figures go to re
 	$(BIN)/fedxrec bench fed
 	$(BIN)/fedxrec bench dp --parts presets,curve,ablation
 	$(BIN)/fedxrec bench api
+	$(BIN)/fedxrec bench sim
 
 audit: install  ## the privacy audit of the presets' checkpoints and the fault cases
 	$(BIN)/fedxrec audit

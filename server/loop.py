@@ -219,6 +219,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
             timeout=rc.fed.timeout,
         )
         agg, tmetrics = strategy.aggregate_train(rnd, replies)
+        train_seconds = time.time() - t0  # sampling, the nodes' training and aggregation (no evaluation)
         check_failures(rnd, strategy.report)  # a failing run stops with the nodes' error, not NaN rounds
         if agg is not None:
             arrays = to_record(from_record(agg, model.shared_state()))
@@ -230,6 +231,7 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
                 **dict(tmetrics or {}),
             },
             "replies": rep.replies,
+            "train-seconds": train_seconds,
             "failed": len(rep.errors),
             "dropped": len(rep.dropped),
         }

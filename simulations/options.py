@@ -42,6 +42,7 @@ NEUTRAL: dict[str, set[str]] = {
     "dp": _COMMON | {"presets", "parts"},
     "api": _COMMON | {"checkpoint", "server_log", "cache_dir", "p1_only"},
     "audit": _COMMON | {"parts", "fault_cases"},
+    "sim": _COMMON | {"scales", "work_dir"},
 }
 
 
@@ -204,6 +205,24 @@ def add_fed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-overhead-only", action="store_true", help="only measure cost.dp_step_overhead")
 
 
+SIM_SCALES = ("610", "943", "10000")  # simulations.bench_sim.SCALES
+
+
+def add_sim(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default="", help="data directory (default $FEDXREC_DATA_DIR, else ./data)")
+    p.set_defaults(dataset=DEFAULT_DATASET)  # each scale names its own dataset
+    p.add_argument(
+        "--scales",
+        type=csv_of(SIM_SCALES, "scales"),
+        default=",".join(SIM_SCALES),
+        help="node counts: 610 (ml-latest-small), 943 (ml-100k), 10000 (ml-100k's catalogue, resampled users)",
+    )
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds per scale (the first is not timed)")
+    p.add_argument("--work-dir", default="runs/bench_sim", help="where the synthetic data and the run logs go")
+    _results(p)
+    p.add_argument("--no-write", action="store_true", help="print the figures, do not write them")
+
+
 def add_dp(p: argparse.ArgumentParser) -> None:
     add_data(p)
     p.add_argument(
@@ -287,6 +306,7 @@ ADDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "kg": add_kg,
     "fed": add_fed,
     "dp": add_dp,
+    "sim": add_sim,
     "api": add_api,
     "audit": add_audit,
     "download": add_download,

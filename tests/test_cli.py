@@ -184,7 +184,7 @@ def test_documented_settings_write_results_and_others_write_runs(
 
 
 def test_every_benchmark_has_a_classified_option_set() -> None:
-    for command in ("core", "central", "kg", "fed", "dp", "api", "audit"):
+    for command in ("core", "central", "kg", "fed", "dp", "api", "audit", "sim"):
         defaults = options.defaults(command)
         assert {"dataset", "data_dir"} <= set(defaults) and defaults["dataset"] == DEFAULT_DATASET
         assert options.NEUTRAL[command] - set(defaults) <= {"threads", "no_write", "results", "checkpoint", "runs"}
