@@ -267,10 +267,11 @@ def _digest(pairs: list[tuple[int, str]]) -> str:
 
 @dataclass(frozen=True)
 class GraphStats:
-    """Counts used to score entities: number of items and the largest entity degree per type."""
+    """Counts used to score entities and paths: items, the largest entity degree per type, relations present."""
 
     n_items: int
     max_degree: dict[str, int]  # entity type -> largest number of items linked to one entity
+    relations: frozenset[str]  # relations with at least one edge (the path types this KG can show)
 
 
 _STATS: weakref.WeakKeyDictionary[nx.MultiDiGraph, tuple[int, GraphStats]] = weakref.WeakKeyDictionary()
@@ -293,12 +294,15 @@ def graph_stats(graph: nx.MultiDiGraph) -> GraphStats:
         return cached[1]
     n_items = 0
     max_degree: dict[str, int] = {}
+    relations: set[str] = set()
     for node, d in graph.nodes(data=True):
         if d["type"] == ITEM:
             n_items += 1
+            for keys in graph.succ[node].values():
+                relations.update(keys)
         else:
             max_degree[d["type"]] = max(max_degree.get(d["type"], 0), len(graph.pred[node]))
-    stats = GraphStats(n_items, max_degree)
+    stats = GraphStats(n_items, max_degree, frozenset(relations))
     _STATS[graph] = (signature, stats)
     return stats
 

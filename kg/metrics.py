@@ -13,7 +13,7 @@ authors' code (github.com/giacoballoccu/explanation-quality-recsys: ``metrics.py
   of equal degree share the value at their group's first position (the authors' code breaks ties
   by input order).
 * ETD (explanation type diversity): distinct path types in the top-k over ``min(k, number of
-  path types)``; a path's type is the relation arriving at the recommended item (``get_path_type``
+  path types)``, counting the types the graph has edges of; a path's type is the relation arriving at the recommended item (``get_path_type``
   in the authors' code; their code divides by the number of types only).
 
 Each explained item counts with its best (first) path, as ``uid_pid_explanation`` holds one path per
@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from kg.graph import graph_stats
 from kg.paths import Explanation, Path
 from kg.recency import DEFAULT_BETA, lir_by_item, lir_weights
 from kg.schema import ENTITY_KINDS, EXPLANATION_KINDS, ITEM, KIND_COARSE, PATH_TYPES
@@ -111,7 +112,11 @@ def sep(explanations: Sequence[Explanation], table: Mapping[str, float]) -> floa
 
 
 def etd(explanations: Sequence[Explanation], *, k: int = DEFAULT_K, n_path_types: int = len(PATH_TYPES)) -> float:
-    """Distinct path types among the top-k explanations over ``min(k, n_path_types)``."""
+    """Distinct path types among the top-k explanations over ``min(k, n_path_types)``.
+
+    :func:`explanation_metrics` passes the number of relations the graph has edges of (the path
+    types it can show), so a schema relation a catalogue lacks does not lower its ETD.
+    """
     if k < 1 or n_path_types < 1:
         raise ValueError(f"k and n_path_types must be >= 1, got {k}, {n_path_types}")
     types = {e.paths[0].path_type for e in _explained(explanations[:k])}
@@ -321,5 +326,5 @@ def explanation_metrics(
         "faithfulness": faithfulness(graph, top),
         "lir": lir(top, history, timestamps, beta=beta),
         "sep": sep(top, table),
-        "etd": etd(top, k=k),
+        "etd": etd(top, k=k, n_path_types=max(1, len(graph_stats(graph).relations))),
     }

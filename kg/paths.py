@@ -45,8 +45,10 @@ from kg.schema import (
     CATEGORY,
     CINEMATOGRAPHY,
     COARSE_CATEGORY_NAME,
+    COMPOSER,
     DIRECTOR,
     DISTRIBUTOR,
+    EDITOR,
     EXPLANATION_KINDS,
     HAS_GENRE,
     KIND_COARSE,
@@ -157,7 +159,9 @@ _SAME_ROLE = {
     WRITER: "also written by {e}",
     STARRING: "which also stars {e}",
     PRODUCER: "also produced by {e}",
+    COMPOSER: "also scored by composer {e}",
     CINEMATOGRAPHY: "also shot by cinematographer {e}",
+    EDITOR: "also edited by {e}",
     DISTRIBUTOR: "also distributed by {e}",
     SUBJECT: "also in the category '{e}'",
     HAS_GENRE: "another {e}",
@@ -168,14 +172,18 @@ _ROLE_BY = {
     WRITER: "written by",
     STARRING: "starring",
     PRODUCER: "produced by",
+    COMPOSER: "scored by",
     CINEMATOGRAPHY: "shot by",
+    EDITOR: "edited by",
 }
 _ROLE_DID = {
     DIRECTOR: "directed",
     WRITER: "wrote",
     STARRING: "stars in",
     PRODUCER: "produced",
+    COMPOSER: "scored",
     CINEMATOGRAPHY: "shot",
+    EDITOR: "edited",
 }
 
 

@@ -46,7 +46,9 @@ DIRECTOR = "director"
 STARRING = "starring"
 WRITER = "writer"
 PRODUCER = "producer"
+COMPOSER = "composer"
 CINEMATOGRAPHY = "cinematography"
+EDITOR = "editor"
 DISTRIBUTOR = "distributor"
 SUBJECT = "subject"
 
@@ -66,26 +68,32 @@ RELATIONS: Mapping[str, RelationSpec] = MappingProxyType(
         STARRING: RelationSpec(ITEM, PERSON),
         WRITER: RelationSpec(ITEM, PERSON),
         PRODUCER: RelationSpec(ITEM, PERSON),
+        COMPOSER: RelationSpec(ITEM, PERSON),
         CINEMATOGRAPHY: RelationSpec(ITEM, PERSON),
+        EDITOR: RelationSpec(ITEM, PERSON),
         DISTRIBUTOR: RelationSpec(ITEM, COMPANY),
         SUBJECT: RelationSpec(ITEM, CATEGORY),
     }
 )
 
-#: Relations whose tails come from an item's ``entities`` mapping (the DBpedia links).
+#: Relations whose tails come from an item's ``entities`` mapping (the DBpedia links; the names a
+#: dataset's relation vocabulary maps source predicates to, ``shared.datasets.enrichment``).
 ENTITY_RELATIONS: tuple[str, ...] = (
     DIRECTOR,
     STARRING,
     WRITER,
     PRODUCER,
+    COMPOSER,
     CINEMATOGRAPHY,
+    EDITOR,
     DISTRIBUTOR,
     SUBJECT,
 )
 PERSON_RELATIONS: tuple[str, ...] = tuple(r for r, s in RELATIONS.items() if s.tail == PERSON)
 
 #: How much a shared entity through this relation tells a user (director/writer most, distributor
-#: least): director/writer > starring > cinematography/producer > subject > genre/decade > distributor.
+#: least): director/writer > starring > cinematography/producer > composer/editor > subject > genre/decade >
+#: distributor.
 RELATION_WEIGHTS: Mapping[str, float] = MappingProxyType(
     {
         DIRECTOR: 1.0,
@@ -93,6 +101,8 @@ RELATION_WEIGHTS: Mapping[str, float] = MappingProxyType(
         STARRING: 0.8,
         CINEMATOGRAPHY: 0.6,
         PRODUCER: 0.6,
+        COMPOSER: 0.5,
+        EDITOR: 0.5,
         SUBJECT: 0.45,
         HAS_GENRE: 0.25,
         RELEASED_IN_DECADE: 0.2,

@@ -22,12 +22,12 @@ def test_ml100k_reader_latin1_genres_and_kg(tiny_data: Path) -> None:
     assert ds.interactions.items.max() < 120  # rows, not raw ids
 
 
-def test_csv_reader_with_tags_and_generic_enrichment(tiny_csv: Path) -> None:
+def test_csv_reader_with_generic_enrichment_never_reads_tags(tiny_csv: Path) -> None:
     ds = load_movielens_csv(tiny_csv)
     cat = ds.catalogue
     assert [it.title for it in cat.items] == ["Toy Story", "American President, The", "Untitled"]
     assert cat.get(2).year == 1995 and cat.get(3).year is None and cat.get(3).genres == []
-    assert cat.get(1).entities["tag"] == ["pixar"]
+    assert all("tag" not in it.entities for it in cat.items)  # tags.csv is users' behaviour, not the catalogue
     assert cat.get(1).external_ids == {"imdb": "0114709", "tmdb": "862"} and cat.get(2).external_ids == {
         "imdb": "0112346"
     }

@@ -148,7 +148,7 @@ def test_build_accepts_objects_with_attributes() -> None:
         ({"id": 7, "title": "X", "year": "1995"}, "item 7: year"),
         ({"id": 7, "title": "X", "genres": "Comedy"}, "item 7: genres"),
         ({"id": 7, "title": "X", "entities": {"director": [""]}}, "item 7: entities"),
-        ({"id": 7, "title": "X", "entities": {"composer": ["Randy_Newman"]}}, "item 7: relation 'composer'"),
+        ({"id": 7, "title": "X", "entities": {"lyricist": ["Randy_Newman"]}}, "item 7: relation 'lyricist'"),
     ],
 )
 def test_build_rejects_bad_items(bad: dict, match: str) -> None:

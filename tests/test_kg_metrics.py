@@ -121,8 +121,9 @@ def test_etd_by_hand() -> None:
         _ex(3, _path(9, 3, "c", "starring")),
         _ex(4),
     ]
-    assert etd(exs, k=10) == pytest.approx(2 / 9)  # 2 types over min(10, 9 path types)
-    assert etd(exs, k=2) == pytest.approx(1 / 2)  # top-2: one type over min(2, 9)
+    assert etd(exs, k=10, n_path_types=9) == pytest.approx(2 / 9)  # 2 types over min(10, 9 path types)
+    assert etd(exs, k=10) == pytest.approx(2 / 10)  # default: every schema relation, 11 > k
+    assert etd(exs, k=2, n_path_types=9) == pytest.approx(1 / 2)  # top-2: one type over min(2, 9)
     assert etd([_ex(1)], k=10) == 0.0
 
 
@@ -230,5 +231,5 @@ def test_explanation_metrics_summary(graph: nx.MultiDiGraph) -> None:
     assert out["fidelity"] == pytest.approx(2 / 3)
     assert out["faithfulness"] == 1.0
     assert [e.best.path_type for e in exs[:2]] == ["has_genre", "released_in_decade"]
-    assert out["etd"] == pytest.approx(2 / 9)
+    assert out["etd"] == pytest.approx(2 / 2)  # both path types this graph has (genre, decade)
     assert 0.0 <= out["lir"] <= 1.0 and 0.0 <= out["sep"] <= 1.0

@@ -42,7 +42,7 @@ def test_counts_are_plausible(dataset, graph: nx.MultiDiGraph) -> None:
     assert types["genre"] == 18 and 5 <= types["decade"] <= 10
     assert types["person"] > 3000 and types["category"] > 3000 and types["company"] > 50
     relations = Counter(k for _, _, k in graph.edges(keys=True))
-    assert set(relations) == set(RELATIONS)
+    assert set(relations) == set(RELATIONS) - {"composer", "editor"}  # FranKGraphBench has neither
     assert 30_000 < graph.number_of_edges() < 100_000
     assert graph.nodes["item:1"]["label"] == "Toy Story (1995)"
 
