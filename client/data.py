@@ -5,9 +5,8 @@ Two sources:
 * **simulation**: ``partition-id`` / ``num-partitions`` pick a contiguous group of the dataset's users
   (one user per node when ``num-partitions`` equals the number of users);
 * **real device**: ``data-path`` is the device's own interactions file (``u.data`` tab format or a
-  MovieLens ``ratings.csv``) and ``catalog-path`` the shared public catalogue directory (``u.item`` +
-  ``u.genre`` [+ ``enriched.csv``], or ``movies.csv`` [+ ``triples.tsv``/``abstracts.tsv``]) under which
-  the item-feature cache lives (``items/``; built there on first use).
+  MovieLens ``ratings.csv``) and ``catalog-path`` the shared public catalogue (see
+  :func:`load_catalogue`) under which the item-feature cache lives (``items/``; built there on first use).
 
 Both are cached per process: simulation workers are reused across thousands of calls, so loading the
 dataset and the item cache must happen once, not per message.
@@ -30,15 +29,16 @@ from shared.data import (
     Catalogue,
     _interactions,
     enrich,
-    read_abstracts,
     read_frankgraphbench,
     read_ml100k_genres,
     read_ml100k_items,
     read_ml100k_ratings,
     read_movielens_csv_items,
     read_movielens_csv_ratings,
-    read_triples,
 )
+from shared.datasets.enrichment import enrich_from_dir
+from shared.datasets.entity2rec import read_entity2rec
+from shared.datasets.registry import load_dataset
 from shared.errors import DataError
 from shared.pipeline import Prepared, prepare
 from shared.splits import Split, p1_split, partition_users
@@ -121,11 +121,19 @@ def _partition_data(partition_id: int, num_partitions: int, cfg: Config) -> Node
     return NodeData(subset_split(prep.split, positions), prep.cache, prep.backbone)
 
 
-def load_catalogue(root: Path, kg_version: str = DEFAULT_KG_VERSION) -> Catalogue:
-    """The public catalogue from a directory in ml-100k or MovieLens-CSV layout."""
-    if (root / "ml-100k" / "u.item").exists():  # a data directory root (ml-100k/ and kg/)
+def load_catalogue(root: Path, kg_version: str = DEFAULT_KG_VERSION, dataset: str = "ml-100k") -> Catalogue:
+    """The public catalogue, with the same texts and KG the server builds for ``dataset``.
+
+    ``root`` is either a data directory (``ml-100k/`` and ``kg/``, or ``<dataset>/`` and ``kg/``: the
+    catalogue is then exactly the server's, its KG included) or one catalogue directory: ``u.item`` +
+    ``u.genre`` [+ ``enriched.csv``], or ``movies.csv`` [+ ``triples.tsv`` / ``abstracts.tsv``, + an
+    entity2rec KG (``mappings.tsv`` and ``graphs/``)].
+    """
+    if (root / "ml-100k" / "u.item").exists() and dataset == "ml-100k":  # a data directory root
         enriched = root / "kg" / "frankgraphbench-ml100k-dbpedia" / kg_version / "enriched.csv"
         root = root / "ml-100k"
+    elif (root / dataset / "movies.csv").exists():  # a data directory root: the registry's loader
+        return load_dataset(dataset, root).catalogue
     else:
         enriched = root / "enriched.csv"
     if (root / "u.item").exists():
@@ -137,11 +145,13 @@ def load_catalogue(root: Path, kg_version: str = DEFAULT_KG_VERSION) -> Catalogu
     if (root / "movies.csv").exists():
         items, genres = read_movielens_csv_items(root / "movies.csv")
         cat = Catalogue(items, genres)
-        triples = read_triples(root / "triples.tsv") if (root / "triples.tsv").exists() else ()
-        abstracts = read_abstracts(root / "abstracts.tsv") if (root / "abstracts.tsv").exists() else ()
-        enrich(cat, triples, abstracts)
+        enrich_from_dir(cat, root)
+        if (root / "mappings.tsv").exists():
+            enrich(cat, read_entity2rec(root), (), source=root)
         return cat
-    raise DataError(root, "no catalogue here: expected u.item + u.genre, ml-100k/u.item, or movies.csv")
+    raise DataError(
+        root, f"no catalogue here: expected u.item + u.genre, movies.csv, or a data directory with {dataset}/"
+    )
 
 
 def read_device_ratings(path: Path) -> tuple[np.ndarray, ...]:
@@ -158,7 +168,7 @@ def _device_data(data_path: Path, catalog_path: Path, cfg: Config) -> NodeData:
         raise DataError(data_path, "the device's interactions file (node_config data-path) was not found")
     if not catalog_path.is_dir():
         raise DataError(catalog_path, "catalogue directory not found")
-    cat = load_catalogue(catalog_path, cfg.data.kg_version)
+    cat = load_catalogue(catalog_path, cfg.data.kg_version, cfg.data.dataset)
     inter = _interactions(cat, data_path, read_device_ratings(data_path))
     users = np.unique(inter.users)
     counts = np.array([(inter.users == u).sum() for u in users])

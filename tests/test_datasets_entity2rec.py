@@ -220,3 +220,21 @@ def test_real_ml_latest_small_with_the_entity2rec_kg() -> None:
     assert pulp["director"] == [R + "Quentin_Tarantino"] and pulp["editor"] == [R + "Sally_Menke"]
     graph = build_graph(ds.catalogue.items)  # every relation is in the schema
     assert sum(1 for _, _, k in graph.edges(keys=True) if k == "composer") == per_relation["composer"]
+
+
+def test_a_device_loads_the_servers_catalogue_kg_included(e2r_data: Path) -> None:
+    """A device pointed at the data directory, or at one catalogue directory holding the KG, builds the
+    same item texts as the server (the item-feature cache and the shared model depend on them)."""
+    import shutil
+
+    from client.data import load_catalogue
+
+    server = load_dataset("ml-latest-small", e2r_data).catalogue
+    texts = {it.id: it.text() for it in server.items}
+    device = load_catalogue(e2r_data, dataset="ml-latest-small")
+    assert {it.id: it.text() for it in device.items} == texts
+    one_dir = e2r_data.parent / "catalogue"
+    shutil.copytree(e2r_data / "kg" / "entity2rec-ml1m-dbpedia", one_dir)
+    shutil.copy(e2r_data / "ml-latest-small" / "movies.csv", one_dir)
+    assert {it.id: it.text() for it in load_catalogue(one_dir).items} == texts
+    assert "composer" in load_catalogue(one_dir).get(1).entities
