@@ -35,11 +35,14 @@ central: install  ## the centralised reference run and the baselines
 
 bench: install  ## all benchmarks at their documented settings; figures go to results/
 	$(BIN)/fedxrec bench core
-	$(BIN)/fedxrec bench kg
 	$(BIN)/fedxrec bench fed
+	$(BIN)/fedxrec bench kg --checkpoint results/fed/fed/best
 	$(BIN)/fedxrec bench dp --parts presets,curve,ablation
 	$(BIN)/fedxrec bench api
 	$(BIN)/fedxrec bench sim
+	$(BIN)/fedxrec bench core --dataset ml-latest-small --runs mostpop,bprmf-central,central-fedmodel
+	$(BIN)/fedxrec bench fed --presets fed --dataset ml-latest-small
+	$(BIN)/fedxrec bench kg --dataset ml-latest-small --checkpoint results/fed/ml-latest-small-fed/best
 
 audit: install  ## the privacy audit of the presets' checkpoints and the fault cases
 	$(BIN)/fedxrec audit

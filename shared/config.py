@@ -23,6 +23,9 @@ T = TypeVar("T")
 #: One place to point at the dataset registry.
 DATASETS: tuple[str, ...] = ("ml-100k", "ml-latest-small")
 DEFAULT_DATASET = DATASETS[0]
+#: weight of the API's re-ranking of its top-50 toward items explained through a person or a company
+#: (``FEDXREC_ENTITY_RERANK``; ``fedxrec bench kg`` measures the served order with it; docs/api.md)
+ENTITY_RERANK = 0.1
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.config import DATASETS, DEFAULT_DATASET
+from shared.config import DATASETS, DEFAULT_DATASET, ENTITY_RERANK
 from simulations.presets import DP_SUMMARY_KEYS, PRESETS, SUMMARY_KEYS
 
 #: the runs of ``bench core`` (``fedxrec central`` is its first three)
@@ -176,6 +176,12 @@ def add_kg(p: argparse.ArgumentParser) -> None:
         help="latest history items paths may start from (0: model's history_len)",
     )
     p.add_argument("--rerank-weight", type=float, default=0.3)
+    p.add_argument(
+        "--entity-rerank",
+        type=float,
+        default=ENTITY_RERANK,
+        help="weight of the served re-ranking toward person/company explanations (default: the API's)",
+    )
     p.add_argument("--max-users", type=non_negative_int, default=0, help="explain only the first N users (0: all)")
     p.add_argument("--no-write", action="store_true", help="log the figures without writing them")
     _results(p)

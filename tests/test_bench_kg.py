@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kg
+from shared.config import ENTITY_RERANK
 from shared.data import load_ml100k
 from shared.splits import Split
 from simulations import bench_kg
@@ -117,6 +118,7 @@ def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Pat
         similarity_weight=0.5,
         popularity_share=0.5,
         rerank_weight=0.3,
+        entity_rerank=ENTITY_RERANK,
         explain_window=0,
         budget_min=0.0,
         max_users=0,
@@ -135,9 +137,15 @@ def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Pat
     assert 0.0 <= out["rerank"]["entity_share@10"] <= 1.0
     toward = out["rerank_entity"]
     assert [r["weight"] for r in toward] == list(bench_kg.ENTITY_RERANK_WEIGHTS)
+    served = out["served_order"]
     for r in toward:  # re-ranking toward person/company explanations never lowers their share
-        assert out["entity_share@10"] - 1e-3 <= r["entity_share@10"] <= 1.0
+        assert served["model_order_entity_share@10"] - 1e-3 <= r["entity_share@10"] <= 1.0
         assert 0.0 <= r["ndcg@10_after"] <= 1.0
+    # the headline figures are of the served order: the grid's point at the API's weight
+    (at_default,) = [r for r in toward if r["weight"] == ENTITY_RERANK]
+    assert at_default["entity_share@10"] == out["entity_share@10"]
+    assert at_default["ndcg@10_after"] == served["ndcg@10_served"]
+    assert served["ndcg@10_model"] == out["rerank"]["ndcg@10_before"]
     assert out["ms_per_user"] > 0
     assert 0.0 <= out["rerank"]["ndcg@10_after"] <= 1.0
     json.dumps(out)  # what is merged into summary.json

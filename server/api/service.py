@@ -244,16 +244,51 @@ class Service:
         if not 1 <= k <= self.settings.max_k:
             raise InputError(("body", "k"), f"must be between 1 and {self.settings.max_k}, got {k}")
         rows = self._history_rows(history, timestamps)
-        top, scores = self.model.top_k(rows, k, rows if exclude_seen else None)  # the whole history is excluded
+        weight = self.settings.entity_rerank
+        pool = max(k, self.settings.rerank_pool) if weight > 0 else k
+        top, scores = self.model.top_k(rows, pool, rows if exclude_seen else None)  # the whole history is excluded
         ids = [self.model.item_ids[r] for r in top]
+        window = self._explain_window(history, timestamps)
+        if weight > 0 and len(ids) > k:
+            ids, scores = self._toward_entities(window, ids, scores, weight, k)
         explanations: list[dict[str, Any] | None] = [None] * len(ids)
         if explain and ids:
-            window = self._explain_window(history, timestamps)
             explanations = list(
                 self.explainer.explain_data(window, ids, sim=self._sim(window, ids), max_paths=self.settings.max_paths)
             )
         get = self.catalogue.get
         return [Scored(get(i), float(s), e) for i, s, e in zip(ids, scores.tolist(), explanations, strict=True)]
+
+    def _toward_entities(
+        self,
+        window: list[int],
+        ids: list[int],
+        scores: np.ndarray,
+        weight: float,
+        k: int,
+    ) -> tuple[list[int], np.ndarray]:
+        """The top ``k`` of a candidate pool re-ranked toward items explained through a person or a company.
+
+        ``(1 - weight) * min-max normalised score + weight * [first path through a person or company]``
+        (:func:`kg.rerank` with the entity term only); the same order whether or not explanations are
+        returned. Scores stay the model's.
+        """
+        firsts = self.explainer.explain(window, ids, sim=self._sim(window, ids), max_paths=1)
+        by_item = {e.item_id: e for e in firsts}
+        order = kg.rerank(
+            ids,
+            scores,
+            by_item,
+            history=window,
+            sep_values={},
+            weight=weight,
+            lir_weight=0.0,
+            sep_weight=0.0,
+            etd_weight=0.0,
+            entity_weight=1.0,
+        )[:k]
+        score_of = dict(zip(ids, scores.tolist(), strict=True))
+        return order, np.array([score_of[i] for i in order])
 
     def score(
         self, history: Sequence[int], item_ids: Sequence[int], *, timestamps: Sequence[float] | None = None

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.best import default_checkpoint
+from shared.config import ENTITY_RERANK
 
 
 class Settings(BaseSettings):
@@ -43,6 +44,14 @@ class Settings(BaseSettings):
     max_k: int = Field(default=100, ge=1, description="largest k of /v1/recommend")
     max_score_items: int = Field(default=500, ge=1, description="most candidates /v1/score re-ranks in one call")
     max_paths: int = Field(default=3, ge=1, le=20, description="paths per recommended item")
+    entity_rerank: float = Field(
+        default=ENTITY_RERANK,
+        ge=0.0,
+        le=1.0,
+        description="weight of the re-ranking of the top rerank-pool toward items explained through a person or"
+        " a company (0: the model's order; chosen and costed in docs/api.md)",
+    )
+    rerank_pool: int = Field(default=50, ge=1, le=1000, description="candidates the entity re-ranking reorders")
     prior_weight: float = Field(
         default=0.5, ge=0.0, le=1.0, description="share of the KG prior in a cold item's vector"
     )
