@@ -48,12 +48,14 @@ def test_fresh_adapter_equals_frozen_base(tiny_bert: str, k: int, adapter: str) 
 
 
 def test_only_adapter_parameters_change_in_a_step(tiny_bert: str) -> None:
-    model, _ = _model(tiny_bert, 1, "lora")
+    # no dropout and a moderate step: at lr 0.5 the second step's loss saturates (0) or explodes,
+    # depending on the dropout draw, and A's change would hang on that
+    model, _ = _model(tiny_bert, 1, "lora", dropout=0.0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable)
     assert not any(n.startswith("items.adapter.layer") and "lora_" not in n for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     cand = torch.tensor([[1, 2, 3], [4, 5, 6]])
     # LoRA B starts at zero, so take two steps: the first moves B, the second moves A too
     for _ in range(2):
