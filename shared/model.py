@@ -113,6 +113,12 @@ class ItemTower(nn.Module):
             pos = torch.arange(1, cache.mask.shape[1] + 1)
             self.register_buffer("lengths", (cache.mask.bool() * pos).amax(1).clamp_min(1), persistent=False)
             self.top_dtype = top_dtype(cfg.top_precision)
+            log.info(
+                "top layers: k = %d, %s matmuls (model.top-precision = %s)",
+                cfg.top_layers,
+                self.top_dtype,
+                cfg.top_precision,
+            )
             self.adapter = TopLayers(backbone, cfg.top_layers, cfg)
             if cfg.adapter == "lora":
                 lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGETS)
@@ -157,9 +163,13 @@ class ItemTower(nn.Module):
             if len(chunk):
                 t = int(self.lengths[chunk].max())
                 hidden, mask = self._prefix(chunk, min(t, self.cfg.top_tokens) if self.cfg.top_tokens else t)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.top_dtype == torch.bfloat16):
-                    parts.append(self.adapter(hidden, mask).float())
+                parts.append(self.run_top(hidden, mask))
         return torch.cat(parts)[torch.argsort(order)]  # back from length order to the order of ``rows``
+
+    def run_top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The adapted top layers over prefix states (R, T, H), mask (R, T) -> pooled (R, H) float32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.top_dtype == torch.bfloat16):
+            return self.adapter(hidden, mask).float()
 
     def _prefix(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached hidden states (R, T, H) and mask (R, T) of ``rows``, cut to ``length`` tokens."""

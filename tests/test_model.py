@@ -21,6 +21,7 @@ TEXTS = [f"Movie {i}. Genres: Drama. A story about item {i}." for i in range(12)
 def _model(tiny_bert: str, k: int, adapter: str = "lora", **kw: object) -> tuple[Recommender, torch.nn.Module]:
     backbone, tok = load_backbone(tiny_bert)
     cache = compute_prefix(backbone, tok, TEXTS, top_layers=k, max_length=24, progress=False)
+    kw = {"top_precision": "fp32", **kw}  # the exactness tests compare fp32 results
     cfg = ModelConfig(backbone=tiny_bert, top_layers=k, adapter=adapter, dim=8, max_length=24, history_len=4, **kw)  # type: ignore[arg-type]
     torch.manual_seed(0)
     return Recommender(cfg, cache, num_users=3, backbone=backbone if k else None), backbone

@@ -15,7 +15,7 @@ import torch
 from client.train import subset_scores
 from shared.backbone import compute_prefix, extended_mask, load_backbone, mean_pool
 from shared.config import ConfigError, ModelConfig
-from shared.model import Recommender
+from shared.model import Recommender, bf16_supported, top_dtype
 from shared.training import sample_losses
 
 # token lengths from 4 to past 40, so rows fall into several length buckets and the cut matters
@@ -30,6 +30,8 @@ CANDIDATES = torch.tensor([[1, 5, 7, 12], [13, 5, 7, 12], [9, 5, 7, 12]])  # neg
 
 
 def _model(tiny_bert: str, k: int = 1, adapter: str = "lora", **kw: object) -> tuple[Recommender, Any]:
+    """A k-layer model in fp32 unless ``top_precision`` says otherwise (the exactness tests need fp32)."""
+    kw = {"top_precision": "fp32", **kw}
     backbone, tok = load_backbone(tiny_bert)
     cache = compute_prefix(backbone, tok, TEXTS, top_layers=k, max_length=MAX_LENGTH, progress=False)
     cfg = ModelConfig(
@@ -200,7 +202,9 @@ def test_top_layer_knobs_are_validated_by_name() -> None:
         ModelConfig(top_precision="fp16")
     with pytest.raises(ConfigError, match="model.top-tokens"):
         ModelConfig(top_tokens=-1)
-    assert ModelConfig().top_precision == "fp32" and ModelConfig().top_tokens == 0
+    assert ModelConfig().top_precision == "auto" and ModelConfig().top_tokens == 0
+    assert top_dtype("fp32") == torch.float32 and top_dtype("bf16") == torch.bfloat16
+    assert top_dtype("auto") == (torch.bfloat16 if bf16_supported() else torch.float32)
 
 
 def test_lengths_follow_the_last_real_token(tiny_bert: str) -> None:
