@@ -261,7 +261,9 @@ class Recommender(nn.Module):
         """Scores (B, C) of candidate rows (B, C) for users (B,) with their histories (B, L).
 
         ``all_items`` computes every item vector once and gathers (fast, but not per-sample: never
-        under DP-SGD, whose per-sample gradients need every module's input to be batch-first).
+        under DP-SGD, whose per-sample gradients need every module's input to be batch-first). With top
+        layers (k > 0, never under DP-SGD: :func:`shared.config.check_dp_model`) the vectors of the
+        distinct rows of history and candidates are computed once and gathered (without ``all_items``).
         """
         if all_items:
             v_all, b_all = self.items(torch.arange(self.items.num_items))
