@@ -71,10 +71,18 @@ class TopLayers(nn.Module):
         self.layer = nn.ModuleList(copy.deepcopy(list(layers)))
         for p in self.layer.parameters():
             p.requires_grad_(False)
+        self.dropout = cfg.top_dropout
         width = backbone.config.hidden_size
         self.adapters = (
             nn.ModuleList(Bottleneck(width, cfg.bottleneck) for _ in range(k)) if cfg.adapter == "bottleneck" else None
         )
+
+    def train(self, mode: bool = True) -> TopLayers:
+        """Training mode; the BertLayers' own dropout only with ``model.top-dropout`` (their default)."""
+        super().train(mode)
+        if not self.dropout:
+            self.layer.eval()  # (LoRA's own dropout sits inside too: peft's default rate is 0)
+        return self
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # hidden (B, T, H), mask (B, T) -> (B, H)

@@ -197,6 +197,23 @@ def test_top_tokens_caps_what_the_top_layers_read(tiny_bert: str) -> None:
     torch.testing.assert_close(got[short], full[short], atol=1e-5, rtol=1e-5)
 
 
+def test_top_dropout_off_makes_training_forwards_deterministic(tiny_bert: str) -> None:
+    rows = torch.arange(len(TEXTS))
+    outs: dict[object, Any] = {}
+    for on in (True, False):
+        model, _ = _model(tiny_bert, top_dropout=on)  # the tiny BERT's dropout rates are 0.1
+        model.train()
+        layer = model.items.adapter.layer
+        assert isinstance(layer, torch.nn.Module) and layer.training is on and model.items.training
+        outs[on] = [model.items.text_features(rows) for _ in range(2)]
+        model.eval()
+        with torch.no_grad():
+            outs[(on, "eval")] = model.items.text_features(rows)
+    assert not torch.allclose(outs[True][0], outs[True][1])
+    torch.testing.assert_close(outs[False][0], outs[False][1], atol=0.0, rtol=0.0)
+    torch.testing.assert_close(outs[(True, "eval")], outs[(False, "eval")])  # the same evaluated function
+
+
 def test_top_layer_knobs_are_validated_by_name() -> None:
     with pytest.raises(ConfigError, match="model.top-precision"):
         ModelConfig(top_precision="fp16")
