@@ -60,7 +60,8 @@ def _param_groups(model: nn.Module, lcfg: LocalConfig) -> list[dict[str, object]
     return [{"params": shared}, {"params": personal, "lr": lcfg.lr * lcfg.personal_lr_scale}]
 
 
-def _optimizer(model: nn.Module, lcfg: LocalConfig) -> torch.optim.Optimizer:
+def local_optimizer(model: nn.Module, lcfg: LocalConfig) -> torch.optim.Optimizer:
+    """The node's local optimiser (``local.optimizer``; personal parameters at a scaled lr)."""
     groups = _param_groups(model, lcfg)
     if lcfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lcfg.lr)  # type: ignore[arg-type]
@@ -80,7 +81,29 @@ def _proximal_pull(model: nn.Module, anchor: dict[str, torch.Tensor], mu: float,
             p.sub_(lr * mu * (p - anchor[n]))
 
 
-def _subset_scores(model: Recommender, users: np.ndarray, hist: np.ndarray | None, cand: np.ndarray) -> torch.Tensor:
+def plain_batch(
+    seqs: Sequences,
+    users: np.ndarray,
+    steps: np.ndarray,
+    *,
+    history_len: int | None,
+    negatives: int,
+    num_items: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One non-private batch: candidates (B, 1 + M) and the history (B, L) before each sample.
+
+    Each row of candidates is the sample's target, then ``M`` negatives shared by the batch; the
+    history is ``None`` without ``history_len``.
+    """
+    pos = seqs.targets(users, steps)
+    neg = rng.integers(0, num_items, size=negatives)  # shared by the batch (not under DP)
+    cand = np.concatenate([pos[:, None], np.broadcast_to(neg, (len(users), len(neg)))], axis=1)
+    hist = seqs.history(users, steps, history_len) if history_len is not None else None
+    return cand, hist
+
+
+def subset_scores(model: Recommender, users: np.ndarray, hist: np.ndarray | None, cand: np.ndarray) -> torch.Tensor:
     """Scores (B, C) computing item vectors only for the rows a batch touches (not per-sample safe)."""
     rows = np.unique(np.concatenate([cand.ravel(), hist[hist >= 0] if hist is not None else cand[:0, 0]]))
     where = np.full(model.items.num_items, -1, np.int64)
@@ -109,7 +132,7 @@ def train_plain(
     seqs = Sequences.from_lists(data.split.train)
     users, steps = seqs.samples()
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
-    opt = _optimizer(model, lcfg)
+    opt = local_optimizer(model, lcfg)
     hist_len = model.cfg.history_len if model.cfg.user_mode == "history" else None
     model.train()
     total, n, nsteps = 0.0, 0, 0
@@ -117,11 +140,16 @@ def train_plain(
         order = rng.permutation(len(users))
         for s in range(0, len(order), lcfg.batch_size):
             idx = order[s : s + lcfg.batch_size]
-            pos = seqs.targets(users[idx], steps[idx])
-            neg = rng.integers(0, data.num_items, size=tcfg.negatives)  # shared by the batch (not under DP)
-            cand = np.concatenate([pos[:, None], np.broadcast_to(neg, (len(idx), len(neg)))], axis=1)
-            hist = seqs.history(users[idx], steps[idx], hist_len) if hist_len is not None else None
-            scores = _subset_scores(model, users[idx], hist, cand)
+            cand, hist = plain_batch(
+                seqs,
+                users[idx],
+                steps[idx],
+                history_len=hist_len,
+                negatives=tcfg.negatives,
+                num_items=data.num_items,
+                rng=rng,
+            )
+            scores = subset_scores(model, users[idx], hist, cand)
             loss = sample_losses(scores, tcfg.loss, tcfg.temperature).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -357,7 +385,7 @@ def train_dp(
     total, seen = 0.0, 0
     nsteps = pcfg.steps_per_round()
     with _private_round(model, data, pcfg, test_seed) as rnd:
-        opt = _optimizer(model, lcfg)  # after the logit scale is fixed: it is not among the parameters
+        opt = local_optimizer(model, lcfg)  # after the logit scale is fixed: it is not among the parameters
         for _ in range(nsteps):
             loss, n = rnd.clipped_sum(tcfg)
             total, seen = total + loss, seen + n

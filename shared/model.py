@@ -32,6 +32,20 @@ log = logging.getLogger(__name__)
 LORA_TARGETS = ["query", "key", "value", "dense"]
 #: parameter-name prefixes that never leave a device
 PERSONAL_PREFIXES = ("user.personal.",)
+#: token-length bucket edges for the top layers: rows of a bucket run together, cut to their longest
+LENGTH_BUCKETS = (16, 32, 64)
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX) for oneDNN."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def top_dtype(precision: str) -> torch.dtype:
+    """The matmul dtype of the top layers for ``model.top-precision`` (``auto``: bf16 where native)."""
+    if precision == "bf16" or (precision == "auto" and bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class Bottleneck(nn.Module):
@@ -57,10 +71,18 @@ class TopLayers(nn.Module):
         self.layer = nn.ModuleList(copy.deepcopy(list(layers)))
         for p in self.layer.parameters():
             p.requires_grad_(False)
+        self.dropout = cfg.top_dropout
         width = backbone.config.hidden_size
         self.adapters = (
             nn.ModuleList(Bottleneck(width, cfg.bottleneck) for _ in range(k)) if cfg.adapter == "bottleneck" else None
         )
+
+    def train(self, mode: bool = True) -> TopLayers:
+        """Training mode; the BertLayers' own dropout only with ``model.top-dropout`` (their default)."""
+        super().train(mode)
+        if not self.dropout:
+            self.layer.eval()  # (LoRA's own dropout sits inside too: peft's default rate is 0)
+        return self
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # hidden (B, T, H), mask (B, T) -> (B, H)
@@ -79,6 +101,7 @@ class ItemTower(nn.Module):
     features: torch.Tensor  # (N, H) pooled, k = 0
     hidden: torch.Tensor  # (N, T, H) float16, k > 0
     mask: torch.Tensor  # (N, T), k > 0
+    lengths: torch.Tensor  # (N,) real tokens of each row (up to its last one), k > 0
 
     def __init__(self, cfg: ModelConfig, cache: PrefixCache, backbone: Any = None) -> None:
         super().__init__()
@@ -94,6 +117,16 @@ class ItemTower(nn.Module):
             assert cache.hidden is not None and cache.mask is not None
             self.register_buffer("hidden", cache.hidden, persistent=False)
             self.register_buffer("mask", cache.mask, persistent=False)
+            # tokens up to the last real one (R,): what a row needs, whichever side it is padded on
+            pos = torch.arange(1, cache.mask.shape[1] + 1)
+            self.register_buffer("lengths", (cache.mask.bool() * pos).amax(1).clamp_min(1), persistent=False)
+            self.top_dtype = top_dtype(cfg.top_precision)
+            log.info(
+                "top layers: k = %d, %s matmuls (model.top-precision = %s)",
+                cfg.top_layers,
+                self.top_dtype,
+                cfg.top_precision,
+            )
             self.adapter = TopLayers(backbone, cfg.top_layers, cfg)
             if cfg.adapter == "lora":
                 lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGETS)
@@ -116,12 +149,39 @@ class ItemTower(nn.Module):
         return int(self.bias.num_embeddings)
 
     def text_features(self, rows: torch.Tensor) -> torch.Tensor:
-        """Adapted, pooled text features of ``rows`` (...) -> (..., H); leading dims are kept."""
+        """Adapted, pooled text features of ``rows`` (...) -> (..., H); leading dims are kept.
+
+        With top layers, each distinct row runs once (history items and shared negatives repeat), and
+        rows of similar length run together, cut to the longest of them: both exact, since a row's
+        features depend on its own real tokens alone. Merges leading dims (not per-sample safe).
+        """
         if self.cfg.top_layers == 0:
             return self.adapter(self.features[rows])
-        flat = rows.reshape(-1)  # BertLayer wants (batch, T, H): merges leading dims (not per-sample safe)
-        out = self.adapter(self.hidden[flat].float(), self.mask[flat])
-        return out.view(*rows.shape, -1)
+        uniq, inv = torch.unique(rows.reshape(-1), return_inverse=True)  # (R,), (N,)
+        return self._top_features(uniq)[inv].view(*rows.shape, -1)
+
+    def _top_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Pooled top-layer features (R, H) of distinct ``rows`` (R,), batched by token length."""
+        lengths = self.lengths[rows]
+        order = torch.argsort(lengths, stable=True)
+        bucket = torch.bucketize(lengths[order], torch.tensor(LENGTH_BUCKETS))  # length <= edge -> that bucket
+        sizes = torch.bincount(bucket, minlength=len(LENGTH_BUCKETS) + 1).tolist()
+        parts = []
+        for chunk in torch.split(rows[order], sizes):
+            if len(chunk):
+                t = int(self.lengths[chunk].max())
+                hidden, mask = self._prefix(chunk, min(t, self.cfg.top_tokens) if self.cfg.top_tokens else t)
+                parts.append(self.run_top(hidden, mask))
+        return torch.cat(parts)[torch.argsort(order)]  # back from length order to the order of ``rows``
+
+    def run_top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The adapted top layers over prefix states (R, T, H), mask (R, T) -> pooled (R, H) float32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.top_dtype == torch.bfloat16):
+            return self.adapter(hidden, mask).float()
+
+    def _prefix(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached hidden states (R, T, H) and mask (R, T) of ``rows``, cut to ``length`` tokens."""
+        return self.hidden[rows, :length].float(), self.mask[rows, :length]
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item vectors (..., D) and biases (...) of catalogue ``rows`` (...)."""
@@ -209,12 +269,26 @@ class Recommender(nn.Module):
         """Scores (B, C) of candidate rows (B, C) for users (B,) with their histories (B, L).
 
         ``all_items`` computes every item vector once and gathers (fast, but not per-sample: never
-        under DP-SGD, whose per-sample gradients need every module's input to be batch-first).
+        under DP-SGD, whose per-sample gradients need every module's input to be batch-first). With top
+        layers (k > 0, never under DP-SGD: :func:`shared.config.check_dp_model`) the vectors of the
+        distinct rows of history and candidates are computed once and gathered (without ``all_items``).
         """
         if all_items:
             v_all, b_all = self.items(torch.arange(self.items.num_items))
             u = self.user_from_vectors(users, history, v_all)
             v, b = v_all[candidates], b_all[candidates]
+        elif self.cfg.top_layers > 0:  # the top layers run once per distinct row of history and candidates
+            hist = history if self.cfg.user_mode == "history" and history is not None else None
+            touched = candidates.reshape(-1) if hist is None else torch.cat([candidates.reshape(-1), hist.reshape(-1)])
+            rows, where = torch.unique(touched.clamp_min(0), return_inverse=True)
+            v_rows, b_rows = self.items(rows)  # (R, D), (R,)
+            c = where[: candidates.numel()].view_as(candidates)
+            if hist is None:
+                u = self.user(users, None, None)
+            else:
+                h = where[candidates.numel() :].view_as(hist)
+                u = self.user(users, v_rows[h], hist >= 0)
+            v, b = v_rows[c], b_rows[c]
         else:
             u = self.user_vectors(users, history)
             v, b = self.items(candidates)  # (B, C, D), (B, C): batch-first for per-sample gradients

@@ -188,4 +188,4 @@ def _features(tower: ItemTower, cache: PrefixCache) -> torch.Tensor:
         assert cache.pooled is not None
         return tower.adapter(cache.pooled.float())
     assert cache.hidden is not None and cache.mask is not None
-    return tower.adapter(cache.hidden.float(), cache.mask)
+    return tower.run_top(cache.hidden.float(), cache.mask)  # in the precision the catalogue's vectors had

@@ -1,6 +1,7 @@
 """Core benchmark: centralised reference runs, baselines, and the cost of ``k`` and of the cache.
 
-Writes ``runs.{mostpop,bprmf-central,central,...}``, ``cost.train_step_seconds.k0|k1|k2`` and
+Writes ``runs.{mostpop,bprmf-central,central,...}``, ``cost.train_step_seconds.k0|k1|k2`` (one local
+step of a ``fed`` preset client, on its own batch: :func:`fed_client_batch`) and
 ``cost.prefix_cache_speedup`` into ``results/summary.json`` and regenerates ``results/README.md``
 (ad-hoc settings: under ``runs/bench_core/``; see :func:`simulations.results.output_for`).
 
@@ -16,24 +17,26 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from client.config import ClientRunConfig, parse_run_config
+from client.train import local_optimizer, plain_batch, subset_scores
 from shared.backbone import cached_prefix, extended_mask, load_backbone
 from shared.central import RunResult, run_bprmf, run_mostpop, train_central
 from shared.checkpoint import save_checkpoint
 from shared.config import Config, DataConfig, ModelConfig, TrainConfig
 from shared.model import Recommender
 from shared.pipeline import Prepared, build_model, prepare
-from shared.training import Sequences, make_batch, sample_losses
+from shared.training import Sequences, sample_losses
 from simulations import options
+from simulations.presets import PRESETS
 from simulations.results import provenance
+from simulations.runner import run_config
 
 log = logging.getLogger("fedxrec.bench_core")
-
-#: the cost batch: about 200 sequences, as in one DP step (32 samples x (1 positive + 5 negatives))
-COST_SAMPLES, COST_NEGATIVES = 32, 5
 
 
 def central_run(
@@ -54,80 +57,151 @@ def central_run(
     return res
 
 
-class _UncachedTower(torch.nn.Module):
-    """Item features computed from tokens through the whole backbone (the no-cache baseline)."""
+class _UncachedPrefix:
+    """Hidden states computed from tokens through the frozen lower layers (the no-cache baseline).
 
-    def __init__(self, model: Recommender, backbone: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.backbone, self.ids, self.mask = model, backbone, ids, mask
+    Replaces :meth:`ItemTower._prefix`, so the baseline runs the same distinct, length-cut rows as
+    the cached path; the lower layers run as the cache builder runs them (float32, no gradient).
+    """
 
-    def text_features(self, rows: torch.Tensor) -> torch.Tensor:
-        flat = rows.reshape(-1)
-        ids, mask = self.ids[flat], self.mask[flat]
-        k = self.model.cfg.top_layers
-        with torch.no_grad():  # frozen lower layers
-            h = self.backbone.embeddings(input_ids=ids)
+    def __init__(self, backbone: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> None:
+        self.backbone, self.ids, self.mask = backbone, ids, mask
+        self.lower = backbone.encoder.layer[: len(backbone.encoder.layer) - k]
+
+    def __call__(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.ids[rows, :length], self.mask[rows, :length]
+        with torch.no_grad():
+            h = self.backbone.embeddings(input_ids=ids)  # (R, T, H)
             ext = extended_mask(mask, h.dtype)
-            for layer in self.backbone.encoder.layer[: len(self.backbone.encoder.layer) - k]:
+            for layer in self.lower:
                 out = layer(h, attention_mask=ext)
                 h = out[0] if isinstance(out, tuple) else out
-        return self.model.items.adapter(h, mask).view(*rows.shape, -1)
+        return h, mask
 
 
-def _one_step(model: Recommender, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+@dataclasses.dataclass
+class ClientBatch:
+    """One local batch of a ``fed`` preset client (one user per node): what :func:`train_plain` trains on."""
+
+    users: np.ndarray  # (B,) local user positions (all 0: one user)
+    cand: np.ndarray  # (B, 1 + M) each sample's target, then M negatives shared by the batch
+    hist: np.ndarray | None  # (B, L) history rows, -1 padded (history user mode)
+    about: dict[str, Any]
+
+
+def fed_client_batch(prep: Prepared, rc: ClientRunConfig, *, seed: int = 0) -> ClientBatch:
+    """The first local batch of the node whose user has the median number of training items."""
+    lengths = np.array([len(t) for t in prep.split.train])
+    user = int(np.flatnonzero(lengths == int(np.median(lengths)))[0])
+    seqs = Sequences.from_lists([prep.split.train[user]])  # the node's split: its one user at position 0
+    users, steps = seqs.samples()
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(users))[: rc.local.batch_size]
+    mcfg = rc.model
+    hist_len = mcfg.history_len if mcfg.user_mode == "history" else None
+    cand, hist = plain_batch(
+        seqs,
+        users[idx],
+        steps[idx],
+        history_len=hist_len,
+        negatives=rc.core.train.negatives,
+        num_items=prep.split.num_items,
+        rng=rng,
+    )
+    touched = np.unique(np.concatenate([cand.ravel(), hist[hist >= 0] if hist is not None else cand[:0, 0]]))
+    about: dict[str, Any] = {
+        "source": "preset fed: one user per node, its first local batch (client.train.train_plain)",
+        "node_user_train_items": int(lengths[user]),
+        "samples": len(idx),
+        "shared_negatives": rc.core.train.negatives,
+        "user_mode": mcfg.user_mode,
+        "history_len": hist_len,
+        "sequences_before_dedup": int(cand.size + (hist >= 0).sum() if hist is not None else cand.size),
+        "distinct_rows": len(touched),
+    }
+    return ClientBatch(users[idx], cand, hist, about)
+
+
+def _one_step(model: Recommender, opt: torch.optim.Optimizer, batch: ClientBatch, tcfg: TrainConfig) -> float:
     t = time.perf_counter()
-    scores = model(batch["users"], None, batch["candidates"])
-    loss = sample_losses(scores, "softmax", 0.1).mean()
+    scores = subset_scores(model, batch.users, batch.hist, batch.cand)
+    loss = sample_losses(scores, tcfg.loss, tcfg.temperature).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return time.perf_counter() - t
 
 
-def step_costs(cfg: Config, prep: Prepared, repeats: int = 7) -> dict[str, object]:
-    """Seconds of one DP-free training step (same batch) for k = 0, 1, 2, and the cache speedup at k = 1.
-
-    The variants' steps are interleaved (round-robin, median of ``repeats`` after one warm-up) so that
-    load from other processes affects them alike.
-    """
-    backbone, tok = load_backbone(cfg.model.backbone)
+def step_models(
+    prep: Prepared, mcfg: ModelConfig, cache_dir: str, *, ks: tuple[int, ...] = (0, 1, 2)
+) -> dict[str, Recommender]:
+    """The cost variants of ``mcfg``: ``k0``, ``k1``, ``k2`` (``ks``) and ``k1_uncached`` (needs 1 in ``ks``)."""
+    backbone, tok = load_backbone(mcfg.backbone)
     texts = prep.dataset.catalogue.texts()
-    rng = np.random.default_rng(0)
-    seqs = Sequences.from_lists(prep.split.train)
-    users, steps = seqs.samples()
-    idx = rng.choice(len(users), COST_SAMPLES, replace=False)
-    batch = make_batch(
-        seqs, users[idx], steps[idx], history_len=None, negatives=COST_NEGATIVES, num_items=len(texts), rng=rng
-    )
-    batch["users"] = torch.zeros_like(batch["users"])
     models: dict[str, Recommender] = {}
-    for k in (0, 1, 2):
-        mcfg = dataclasses.replace(cfg.model, top_layers=k, user_mode="personal", dropout=0.0)
+    for k in ks:
+        kcfg = dataclasses.replace(mcfg, top_layers=k)
         cache, _ = cached_prefix(
-            mcfg.backbone, texts, cfg.data.cache_dir, top_layers=k, max_length=mcfg.max_length, model=backbone, tok=tok
+            kcfg.backbone, texts, cache_dir, top_layers=k, max_length=kcfg.max_length, model=backbone, tok=tok
         )
         torch.manual_seed(0)
-        models[f"k{k}"] = Recommender(mcfg, cache, 1, backbone if k else None)
+        models[f"k{k}"] = Recommender(kcfg, cache, 1, backbone if k else None)
         if k == 1:
-            enc = tok(texts, padding="max_length", truncation=True, max_length=mcfg.max_length, return_tensors="pt")
+            enc = tok(texts, padding="max_length", truncation=True, max_length=kcfg.max_length, return_tensors="pt")
             uncached = copy.deepcopy(models["k1"])
-            shim = _UncachedTower(uncached, backbone, enc["input_ids"], enc["attention_mask"])
-            uncached.items.text_features = shim.text_features  # type: ignore[method-assign]
+            uncached.items._prefix = _UncachedPrefix(  # type: ignore[method-assign]
+                backbone, enc["input_ids"], enc["attention_mask"], k
+            )
             models["k1_uncached"] = uncached
-    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3) for n, m in models.items()}
+    return models
+
+
+def interleaved_medians(
+    models: dict[str, Recommender], batch: ClientBatch, rc: ClientRunConfig, repeats: int
+) -> dict[str, float]:
+    """Median seconds of one local training step per model, steps interleaved round-robin.
+
+    One warm-up round, then ``repeats``: load from other processes affects every variant alike.
+    """
+    opts = {n: local_optimizer(m, rc.local) for n, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in models}
+    for m in models.values():
+        m.train()  # as train_plain: dropout on (the top BertLayers' own too)
     for r in range(repeats + 1):
         for n, m in models.items():
-            dt = _one_step(m, opts[n], batch)
-            if r:  # the first round warms up
+            dt = _one_step(m, opts[n], batch, rc.core.train)
+            if r:
                 times[n].append(dt)
-    med = {n: float(np.median(v)) for n, v in times.items()}
-    log.info("step cost (median s) %s", {k: round(v, 4) for k, v in med.items()})
+    return {n: float(np.median(v)) for n, v in times.items()}
+
+
+def step_costs(cfg: Config, prep: Prepared, repeats: int = 7) -> dict[str, object]:
+    """Seconds of one training step of a ``fed`` preset client for k = 0, 1, 2, and the cache speedup at k = 1.
+
+    The batch and the step are the federated client's (:func:`fed_client_batch`, ``subset_scores``,
+    its optimizer); the model is the preset's with ``model.top-layers = k``. ``k1_uncached`` runs the
+    lower layers from tokens every step, on the same rows and tokens as ``k1``.
+    """
+    rc = parse_run_config(run_config(PRESETS["fed"]))
+    batch = fed_client_batch(prep, rc)
+    models = step_models(prep, rc.model, cfg.data.cache_dir)
+    med = interleaved_medians(models, batch, rc, repeats)
+    log.info("step cost (median s) %s on %s", {k: round(v, 4) for k, v in med.items()}, batch.about)
     return {
         "train_step_seconds": {k: round(med[k], 4) for k in ("k0", "k1", "k2")},
         "train_step_seconds_k1_uncached": round(med["k1_uncached"], 4),
         "prefix_cache_speedup": round(med["k1_uncached"] / med["k1"], 2),
-        "cost_batch": {"samples": COST_SAMPLES, "candidates_per_sample": 1 + COST_NEGATIVES, "repeats": repeats},
+        "k1_over_k0": round(med["k1"] / med["k0"], 1),
+        "cost_batch": batch.about
+        | {
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "model": {
+                "adapter": rc.model.adapter,
+                "top_precision": rc.model.top_precision,
+                "top_dtype": str(models["k1"].items.top_dtype).removeprefix("torch."),
+            },
+        },
     }
 
 

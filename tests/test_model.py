@@ -21,6 +21,7 @@ TEXTS = [f"Movie {i}. Genres: Drama. A story about item {i}." for i in range(12)
 def _model(tiny_bert: str, k: int, adapter: str = "lora", **kw: object) -> tuple[Recommender, torch.nn.Module]:
     backbone, tok = load_backbone(tiny_bert)
     cache = compute_prefix(backbone, tok, TEXTS, top_layers=k, max_length=24, progress=False)
+    kw = {"top_precision": "fp32", **kw}  # the exactness tests compare fp32 results
     cfg = ModelConfig(backbone=tiny_bert, top_layers=k, adapter=adapter, dim=8, max_length=24, history_len=4, **kw)  # type: ignore[arg-type]
     torch.manual_seed(0)
     return Recommender(cfg, cache, num_users=3, backbone=backbone if k else None), backbone
@@ -48,12 +49,14 @@ def test_fresh_adapter_equals_frozen_base(tiny_bert: str, k: int, adapter: str) 
 
 
 def test_only_adapter_parameters_change_in_a_step(tiny_bert: str) -> None:
-    model, _ = _model(tiny_bert, 1, "lora")
+    # no dropout and a moderate step: at lr 0.5 the second step's loss saturates (0) or explodes,
+    # depending on the dropout draw, and A's change would hang on that
+    model, _ = _model(tiny_bert, 1, "lora", dropout=0.0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable)
     assert not any(n.startswith("items.adapter.layer") and "lora_" not in n for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     cand = torch.tensor([[1, 2, 3], [4, 5, 6]])
     # LoRA B starts at zero, so take two steps: the first moves B, the second moves A too
     for _ in range(2):
