@@ -13,8 +13,9 @@ vector is the text part (its residual is untrained: zero), and it gets
   inserted with :func:`kg.add_item` (catalogue metadata only) into a graph built from warm items;
   bias = its neighbours' weighted mean bias (the same prior, over the bias column);
 * ``text+kg``: the better on the tuning half of ``alpha * text + (1 - alpha) * kg`` (vector and bias)
-  and, for a variant with an ID residual, ``text + w * kg_id`` where ``kg_id`` is the same KG prior
-  over the warm items' *ID residuals* (the collaborative part the text lacks);
+  and, for a variant with an ID residual, ``alpha * text + (1 - alpha) * kg + w * kg_id`` where
+  ``kg_id`` is the same KG prior over the warm items' *ID residuals* (the collaborative part the text
+  lacks; ``alpha`` 1: ``text + w * kg_id``);
 * ``random``: seeded uniform scores.
 
 A constant bias shared by every cold item changes neither HR@10 (every candidate is cold) nor
@@ -338,16 +339,18 @@ COLD_VARIANTS = (
 )
 #: weights of the KG prior over the warm items' ID residuals added to a cold item's text vector
 RESIDUAL_WEIGHTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: text shares tried with the residual prior (1.0: text + w * kg_id; below: mixed with the full-vector prior)
+RESIDUAL_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 
 
 class ColdScorer:
     """Cold items' vectors (C, D) and biases (C,) of one trained variant, for a dict of knobs.
 
     ``prior``: ``none`` (the text vector), ``full`` (``alpha * text + (1 - alpha) * kg``, the KG prior
-    over the warm items' vectors, optionally renormalised) or ``residual`` (``text + weight * kg_id``,
-    the KG prior over the warm items' ID residuals: the collaborative part the text lacks). The bias:
-    the alpha mix of text and KG biases (``bias_weight`` None, for ``residual``: the constant text
-    bias) or ``bias_weight * kg bias``.
+    over the warm items' vectors, optionally renormalised) or ``residual`` (``alpha * text + (1 - alpha)
+    * kg + weight * kg_id``, with ``kg_id`` the KG prior over the warm items' ID residuals: the
+    collaborative part the text lacks; ``alpha`` 1: ``text + weight * kg_id``). The bias: the alpha mix
+    of text and KG biases (``bias_weight`` None) or ``bias_weight * kg bias``.
     """
 
     def __init__(self, cm: ColdModel, graph: Any, ds: Dataset, cold_rows: np.ndarray, warm_rows: np.ndarray) -> None:
@@ -376,7 +379,8 @@ class ColdScorer:
                     ]
                 if self.residual_priors:
                     out += [
-                        {"prior": "residual", "weight": w, "max_neighbours": cap, "bias_weight": lam}
+                        {"prior": "residual", "alpha": a, "weight": w, "max_neighbours": cap, "bias_weight": lam}
+                        for a in RESIDUAL_ALPHAS
                         for w in RESIDUAL_WEIGHTS
                     ]
         return out
@@ -386,10 +390,11 @@ class ColdScorer:
             return self.text_v, self.text_b
         kv, kb, _ = self.priors[knobs["max_neighbours"]]
         lam = knobs["bias_weight"]
-        if knobs["prior"] == "residual":
-            b = self.text_b if lam is None else lam * kb
-            return self.text_v + knobs["weight"] * self.residual_priors[knobs["max_neighbours"]], b
         a = knobs["alpha"]
+        if knobs["prior"] == "residual":
+            b = a * self.text_b + (1 - a) * kb if lam is None else lam * kb
+            kr = self.residual_priors[knobs["max_neighbours"]]
+            return a * self.text_v + (1 - a) * kv + knobs["weight"] * kr, b
         if knobs["renorm"]:  # a weighted mean of many neighbours shrinks towards their centroid
             kv = kv * (self.warm_norm / np.maximum(np.linalg.norm(kv, axis=1, keepdims=True), 1e-12))
         b = a * self.text_b + (1 - a) * kb if lam is None else lam * kb
@@ -520,12 +525,14 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
         "priors": {
             "full": "alpha * text + (1 - alpha) * KG prior over warm items' full vectors (optionally renormalised "
             "to the mean warm norm)",
-            "residual": "text + weight * KG prior over warm items' ID residuals",
+            "residual": "alpha * text + (1 - alpha) * the full prior + weight * KG prior over warm items' ID "
+            "residuals (alpha 1: text + weight * the residual prior)",
             "none": "text",
         },
         "grid": {
             "alpha": list(ALPHAS),
             "residual_weight": list(RESIDUAL_WEIGHTS),
+            "residual_alpha": list(RESIDUAL_ALPHAS),
             "max_neighbours": list(NEIGHBOUR_CAPS),
             "bias_weight": list(BIAS_WEIGHTS),
             "renorm": [False, True],

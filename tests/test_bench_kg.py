@@ -195,6 +195,7 @@ def test_cold_run_chooses_variants_and_knobs_without_the_report_half(
     monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
     monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None, 1.0))
     monkeypatch.setattr(bench_kg, "RESIDUAL_WEIGHTS", (0.5, 2.0))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_ALPHAS", (0.5, 1.0))
     out = bench_kg.run_cold(args)  # trains (and caches) every variant
     settings = out["provenance"]["settings"]
     names = [v.name for v in bench_kg.COLD_VARIANTS]
