@@ -50,6 +50,10 @@ class ModelConfig:
     dim: int = 64
     #: add a per-item ID residual embedding to the text vector
     id_residual: bool = False
+    #: DropoutNet-style: in training only, zero an item's ID residual with this probability (one draw per
+    #: row of each item-tower call: per item per batch in central training), so that the text vector must
+    #: carry the item alone part of the time, as it does for a cold item (0: the residual is always on)
+    id_dropout: float = 0.0
     #: a learned per-item score bias (a per-item parameter: federated, uploaded only under DP-SGD)
     item_bias: bool = True
     #: ``dot`` (scale * <u, v>, a learned logit scale) or ``cosine`` (unit-length u and v: logits stay
@@ -95,6 +99,12 @@ class ModelConfig:
             f"history|personal, got {self.user_mode!r}",
         )
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.id_dropout <= 1.0, "model.id-dropout", f"must be in [0, 1], got {self.id_dropout}")
+        _check(
+            self.id_dropout == 0.0 or self.id_residual,
+            "model.id-dropout",
+            f"drops the ID residual: needs model.id-residual = true (got id-dropout {self.id_dropout})",
+        )
         _check(self.score in ("dot", "cosine"), "model.score", f"dot|cosine, got {self.score!r}")
         _check(
             self.top_precision in ("fp32", "bf16", "auto"),

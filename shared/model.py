@@ -1,6 +1,8 @@
 """The recommender: a BERT item tower with adapters, and a user side with personal parameters.
 
 Item vector (D) = proj(adapted text features) [+ ID residual]; score(u, i) = scale * <u, v_i> + b_i.
+``id_dropout`` zeroes an item's ID residual at that rate in training (DropoutNet), so that the text
+part learns to stand for an item without one (a cold item).
 With ``score = "cosine"`` both vectors have unit length and the scale is fixed at 1; with
 ``item_bias = False`` the bias is a frozen zero (not trained, never uploaded).
 
@@ -183,11 +185,32 @@ class ItemTower(nn.Module):
         """The cached hidden states (R, T, H) and mask (R, T) of ``rows``, cut to ``length`` tokens."""
         return self.hidden[rows, :length].float(), self.mask[rows, :length]
 
+    def text_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """The text part (..., D) of the vectors of ``rows`` (...): no ID residual, not normalised."""
+        return self.proj(self.drop(self.norm(self.text_features(rows))))
+
+    def residual(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The ID residual (..., D) of ``rows`` (...), DropoutNet-dropped in training; None without one.
+
+        In training mode each row of ``rows`` loses its residual with probability ``cfg.id_dropout``
+        (one draw per entry of ``rows``: with ``Recommender(all_items=True)`` that is once per item per
+        batch, shared by its history and candidate uses). A kept residual is not rescaled: a warm item
+        at evaluation has its whole residual and a cold item none, the two states seen in training.
+        """
+        if self.id_residual is None:
+            return None
+        r = self.id_residual(rows)
+        if self.training and self.cfg.id_dropout > 0:
+            keep = torch.rand(rows.shape, device=r.device) >= self.cfg.id_dropout  # (...) seeded torch RNG
+            r = r * keep.unsqueeze(-1).to(r.dtype)
+        return r
+
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item vectors (..., D) and biases (...) of catalogue ``rows`` (...)."""
-        v = self.proj(self.drop(self.norm(self.text_features(rows))))
-        if self.id_residual is not None:
-            v = v + self.id_residual(rows)
+        v = self.text_vectors(rows)
+        r = self.residual(rows)
+        if r is not None:
+            v = v + r
         if self.cfg.score == "cosine":
             v = F.normalize(v, dim=-1)
         return v, self.bias(rows).squeeze(-1)

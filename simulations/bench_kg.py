@@ -1,14 +1,21 @@
 """KG benchmarks (issue 4): item cold start through KG neighbours, and path explanations.
 
 **Cold start** (``cold.<method>`` = HR@10 and Recall@20 for ``random``, ``text``, ``kg``, ``text+kg``):
-the central model (history mode, no ID residual) is trained on the item cold-start split of ml-100k
-(or ``--dataset``; 20% of items never seen in training; negatives from warm items only). A cold item then gets
+the central model (history mode) is trained on the item cold-start split of ml-100k (or ``--dataset``;
+20% of items never seen in training; negatives from warm items only), once per variant of
+:data:`COLD_VARIANTS`: the text tower alone (``no-id``), and with an ID residual (``id``) that
+training drops DropoutNet-style at a rate (``id-drop0.5``, ``id-drop0.8``: ``model.id-dropout``), so
+that the text part learns to carry an item without its residual, as a cold item is. A cold item's
+vector is the text part (its residual is untrained: zero), and it gets
 
-* ``text``: the trained item tower's vector of its own text, bias = mean warm bias;
+* ``text``: that text vector, bias = mean warm bias;
 * ``kg``: :func:`kg.neighbour_prior` over the warm items' trained vectors, the cold item having been
   inserted with :func:`kg.add_item` (catalogue metadata only) into a graph built from warm items;
   bias = its neighbours' weighted mean bias (the same prior, over the bias column);
-* ``text+kg``: ``alpha * text + (1 - alpha) * kg`` for the vector and the bias;
+* ``text+kg``: the better on the tuning half of ``alpha * text + (1 - alpha) * kg`` (vector and bias)
+  and, for a variant with an ID residual, ``alpha * text + (1 - alpha) * kg + w * kg_id`` where
+  ``kg_id`` is the same KG prior over the warm items' *ID residuals* (the collaborative part the text
+  lacks; ``alpha`` 1: ``text + w * kg_id``);
 * ``random``: seeded uniform scores.
 
 A constant bias shared by every cold item changes neither HR@10 (every candidate is cold) nor
@@ -16,9 +23,14 @@ Recall@20 (only cold items are ranked), so the text bias choice is immaterial. T
 split by a seeded permutation into a *tuning* half and a *report* half (:func:`cold_item_halves`); a
 user belongs to the half holding their latest cold interaction, which is ranked against up to 99
 cold negatives re-sampled from that half; Recall@20 ranks that half's items (relevant: the user's
-cold items in it). The mix weight, the KG prior's neighbour cap, bias weight and renormalisation are
-chosen on the tuning half's items and users only; every ``cold.<method>`` figure is measured on the
-report half's. The user vector reads the user's warm training items plus the validation item.
+cold items in it). For each method, the variant, the prior's kind, the mix weight (alpha or ``w``),
+the KG prior's neighbour cap, bias weight and renormalisation are chosen on the tuning half's items
+and users only (HR@10, then Recall@20); every ``cold.<method>`` figure is measured on the report
+half's. The provenance records every variant's tuning-half best of each method (and, for reference,
+never read by a choice, its report-half figures). The user vector reads the user's warm training
+items plus the validation item.
+Each variant's trained model is cached in ``--work-dir`` (``cold-<dataset>-<variant>.pt``); four
+trainings take about 11 minutes on ml-100k (2 threads).
 
 **Explanations** (``explain.*``): for every ml-100k P1 test user, the checkpoint's top-10 over
 items not in the history (training items + validation item), explained by :class:`kg.PathExplainer`
@@ -52,6 +64,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import kg
 from kg.errors import NoNeighboursError
@@ -140,6 +153,7 @@ class ColdModel:
     users: np.ndarray  # (U, D) user vectors (personal + history summary of train + val items)
     scale: float
     info: dict[str, Any]
+    residual: np.ndarray | None = None  # (N, D) trained ID residuals (cold rows: zeros); None without one
 
 
 def train_cold(
@@ -174,12 +188,22 @@ def train_cold(
 
 @torch.no_grad()
 def _extract(model: Recommender, split: Split) -> ColdModel:
+    """Vectors, biases and user vectors; a cold row's vector is its text part (its ID residual is untrained)."""
+    assert split.cold_items is not None
     model.eval()
     v, b = model.all_item_vectors()
     hist = torch.as_tensor(eval_histories(split, "test", model.cfg.history_len))  # warm train + val
     users = torch.arange(split.num_users)
     u = model.user(users, v[hist.clamp_min(0)], hist >= 0)
-    return ColdModel(v.numpy(), b.numpy(), u.numpy(), float(model.scale), {})
+    residual = None
+    if model.items.id_residual is not None:
+        cold = torch.as_tensor(split.cold_items)
+        text = model.items.text_vectors(cold)
+        v[cold] = F.normalize(text, dim=-1) if model.cfg.score == "cosine" else text
+        residual = model.items.id_residual.weight.detach().clone()  # (N, D)
+        residual[cold] = 0.0
+        residual = residual.numpy()
+    return ColdModel(v.numpy(), b.numpy(), u.numpy(), float(model.scale), {}, residual)
 
 
 def cold_graph(ds: Dataset, cold_rows: np.ndarray) -> Any:
@@ -201,17 +225,21 @@ def kg_priors(
     *,
     max_neighbours: int | None,
     weights: Mapping[str, float] = RELATION_WEIGHTS,
+    vectors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """KG prior vectors (C, D) and biases (C,) of the cold rows, and how many fell back to text.
+    """KG prior vectors (C, D') and biases (C,) of the cold rows, and how many fell back.
 
     Vector and bias come out of one :func:`kg.neighbour_prior` call over ``[vectors | bias]`` of the
-    warm items, so the bias is the neighbours' weighted mean bias with the same weights.
+    warm items, so the bias is the neighbours' weighted mean bias with the same weights. ``vectors``
+    (N, D'): what is averaged (default ``cm.vectors``; e.g. the ID residuals); a cold item without a
+    warm neighbour falls back to its own row of it and the mean warm bias.
     """
+    vectors = cm.vectors if vectors is None else vectors
     ids = ds.catalogue.ids
-    table = np.concatenate([cm.vectors[warm_rows], cm.bias[warm_rows, None]], axis=1)
+    table = np.concatenate([vectors[warm_rows], cm.bias[warm_rows, None]], axis=1)
     row_of = {ids[r]: j for j, r in enumerate(warm_rows.tolist())}
     mean_bias = float(cm.bias[warm_rows].mean())
-    vecs = np.empty((len(cold_rows), cm.vectors.shape[1]), np.float32)
+    vecs = np.empty((len(cold_rows), vectors.shape[1]), np.float32)
     bias = np.empty(len(cold_rows), np.float32)
     fallback = 0
     for j, r in enumerate(cold_rows.tolist()):
@@ -219,7 +247,7 @@ def kg_priors(
             p = kg.neighbour_prior(graph, ids[r], table, row_of, weights=weights, max_neighbours=max_neighbours)
             vecs[j], bias[j] = p[:-1], p[-1]
         except NoNeighboursError:
-            vecs[j], bias[j] = cm.vectors[r], mean_bias
+            vecs[j], bias[j] = vectors[r], mean_bias
             fallback += 1
     return vecs, bias, fallback
 
@@ -294,120 +322,232 @@ def cold_item_halves(split: Split, cold_rows: np.ndarray, seed: int, k: int = 99
     return halves[0], halves[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class ColdVariant:
+    """One way of training the tower for the cold benchmark; the tuning half chooses among them."""
+
+    name: str
+    id_residual: bool = False
+    #: DropoutNet rate of the ID residual in training (:attr:`shared.config.ModelConfig.id_dropout`)
+    id_dropout: float = 0.0
+
+
+#: the trained variants: text tower alone, and with an ID residual dropped in training at a few rates
+COLD_VARIANTS = (
+    ColdVariant("no-id"),
+    ColdVariant("id", id_residual=True),
+    ColdVariant("id-drop0.5", id_residual=True, id_dropout=0.5),
+    ColdVariant("id-drop0.8", id_residual=True, id_dropout=0.8),
+)
+#: weights of the KG prior over the warm items' ID residuals added to a cold item's text vector
+RESIDUAL_WEIGHTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: text shares tried with the residual prior (1.0: text + w * kg_id; below: mixed with the full-vector prior)
+RESIDUAL_ALPHAS = (0.25, 0.5, 0.75, 1.0)
+
+
+class ColdScorer:
+    """Cold items' vectors (C, D) and biases (C,) of one trained variant, for a dict of knobs.
+
+    ``prior``: ``none`` (the text vector), ``full`` (``alpha * text + (1 - alpha) * kg``, the KG prior
+    over the warm items' vectors, optionally renormalised) or ``residual`` (``alpha * text + (1 - alpha)
+    * kg + weight * kg_id``, with ``kg_id`` the KG prior over the warm items' ID residuals: the
+    collaborative part the text lacks; ``alpha`` 1: ``text + weight * kg_id``). The bias: the alpha mix
+    of text and KG biases (``bias_weight`` None) or ``bias_weight * kg bias``.
+    """
+
+    def __init__(self, cm: ColdModel, graph: Any, ds: Dataset, cold_rows: np.ndarray, warm_rows: np.ndarray) -> None:
+        self.text_v = cm.vectors[cold_rows]  # (C, D)
+        self.text_b = np.full(len(cold_rows), float(cm.bias[warm_rows].mean()), np.float32)
+        self.warm_norm = float(np.linalg.norm(cm.vectors[warm_rows], axis=1).mean())
+        d = cm.vectors.shape[1]
+        table = cm.vectors if cm.residual is None else np.concatenate([cm.vectors, cm.residual], axis=1)
+        self.priors: dict[int | None, tuple[np.ndarray, np.ndarray, int]] = {}
+        self.residual_priors: dict[int | None, np.ndarray] = {}
+        for cap in NEIGHBOUR_CAPS:  # one pass per cap over [vectors | residuals | bias]
+            v, b, fallback = kg_priors(graph, ds, cm, cold_rows, warm_rows, max_neighbours=cap, vectors=table)
+            self.priors[cap] = (v[:, :d], b, fallback)
+            if cm.residual is not None:
+                self.residual_priors[cap] = v[:, d:]
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every knob setting tried on the tuning half."""
+        out: list[dict[str, Any]] = [{"prior": "none"}]
+        for cap in NEIGHBOUR_CAPS:
+            for lam in BIAS_WEIGHTS:
+                for renorm in (False, True):
+                    out += [
+                        {"prior": "full", "alpha": a, "max_neighbours": cap, "bias_weight": lam, "renorm": renorm}
+                        for a in ALPHAS
+                    ]
+                if self.residual_priors:
+                    out += [
+                        {"prior": "residual", "alpha": a, "weight": w, "max_neighbours": cap, "bias_weight": lam}
+                        for a in RESIDUAL_ALPHAS
+                        for w in RESIDUAL_WEIGHTS
+                    ]
+        return out
+
+    def __call__(self, knobs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if knobs["prior"] == "none":
+            return self.text_v, self.text_b
+        kv, kb, _ = self.priors[knobs["max_neighbours"]]
+        lam = knobs["bias_weight"]
+        a = knobs["alpha"]
+        if knobs["prior"] == "residual":
+            b = a * self.text_b + (1 - a) * kb if lam is None else lam * kb
+            kr = self.residual_priors[knobs["max_neighbours"]]
+            return a * self.text_v + (1 - a) * kv + knobs["weight"] * kr, b
+        if knobs["renorm"]:  # a weighted mean of many neighbours shrinks towards their centroid
+            kv = kv * (self.warm_norm / np.maximum(np.linalg.norm(kv, axis=1, keepdims=True), 1e-12))
+        b = a * self.text_b + (1 - a) * kb if lam is None else lam * kb
+        return a * self.text_v + (1 - a) * kv, b
+
+
+def _figures(ev: ColdEval, half: ColdHalf, v: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    h, r = ev.per_user(v[half.cols], b[half.cols])
+    return {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
+
+
+def _is_kg_only(knobs: Mapping[str, Any]) -> bool:
+    return knobs["prior"] == "full" and knobs["alpha"] == 0.0 and knobs["bias_weight"] is None
+
+
+def tune_cold(scorer: ColdScorer, tune: ColdEval, half: ColdHalf) -> dict[str, dict[str, Any]]:
+    """The best knobs of each method (``text``, ``kg``, ``text+kg``) by tuning-half HR@10 (then Recall@20).
+
+    ``kg``: the full-vector prior alone (alpha 0, its own bias); ``text+kg``: any knob setting.
+    """
+    tried = [{**k, **_figures(tune, half, *scorer(k))} for k in scorer.grid()]
+    for g in tried:
+        log.debug("cold tuning half: %s", g)
+
+    def best(cands: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(cands, key=lambda g: (g["hr@10"], g["recall@20"]))
+
+    out = {
+        "text": tried[0],
+        "kg": best([g for g in tried if _is_kg_only(g)]),
+        "text+kg": best(tried),
+        "text+kg_full_prior": best([g for g in tried if g["prior"] == "full"]),
+    }
+    if scorer.residual_priors:
+        out["text+kg_residual_prior"] = best([g for g in tried if g["prior"] == "residual"])
+    return out
+
+
+def _knobs(fig: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fig.items() if k not in ("hr@10", "recall@20")}
+
+
 def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    cfg = Config(
-        data=DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2),
-        model=ModelConfig(backbone=args.backbone, id_residual=False, user_mode="history"),
-        train=TrainConfig(epochs=args.cold_epochs, seed=0),
-    )
-    cm, split, ds = train_cold(
-        cfg, cache=Path(args.work_dir) / "cold-model.pt", retrain=args.retrain, budget_s=60 * args.budget_min
-    )
-    assert split.cold_items is not None
-    cold_rows = np.sort(split.cold_items)
-    is_cold = np.zeros(split.num_items, bool)
-    is_cold[cold_rows] = True
-    warm_rows = np.flatnonzero(~is_cold)
-    graph = cold_graph(ds, cold_rows)
-
-    test_users = np.flatnonzero(split.test >= 0)
-    tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
-    tune = ColdEval(split, cm, tune_half.rows, tune_half.users, tune_half.negatives)
-    report = ColdEval(split, cm, report_half.rows, report_half.users, report_half.negatives)
-    tune_users, report_users = tune_half.users, report_half.users
-
-    text_v = cm.vectors[cold_rows]
-    text_b = np.full(len(cold_rows), float(cm.bias[warm_rows].mean()), np.float32)
-    priors = {cap: kg_priors(graph, ds, cm, cold_rows, warm_rows, max_neighbours=cap) for cap in NEIGHBOUR_CAPS}
-
-    warm_norm = float(np.linalg.norm(cm.vectors[warm_rows], axis=1).mean())
-
-    def mix(
-        alpha: float, cap: int | None, bias_weight: float | None = None, renorm: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Vector ``alpha * text + (1 - alpha) * kg``; bias the same mix, or ``bias_weight * kg bias``.
-
-        ``renorm``: the KG prior vector is rescaled to the mean norm of warm vectors (a weighted mean
-        of many neighbours shrinks towards their centroid).
-        """
-        kv, kb, _ = priors[cap]
-        if renorm:
-            kv = kv * (warm_norm / np.maximum(np.linalg.norm(kv, axis=1, keepdims=True), 1e-12))
-        b = alpha * text_b + (1 - alpha) * kb if bias_weight is None else bias_weight * kb
-        return alpha * text_v + (1 - alpha) * kv, b
-
-    # ---- choices made on the tuning half only
-    grid = []
-    for cap in NEIGHBOUR_CAPS:
-        for renorm in (False, True):
-            for a in ALPHAS:
-                for lam in BIAS_WEIGHTS:
-                    v, b = mix(a, cap, lam, renorm)
-                    h, r = tune.per_user(v[tune_half.cols], b[tune_half.cols])
-                    grid.append(
-                        {
-                            "alpha": a,
-                            "max_neighbours": cap,
-                            "bias_weight": lam,
-                            "renorm": renorm,
-                            "hr@10": round(float(h.mean()), 4),
-                            "recall@20": round(float(r.mean()), 4),
-                        }
-                    )
-    kg_only = [g for g in grid if g["alpha"] == 0.0 and g["bias_weight"] is None]
-    best_kg = max(kg_only, key=lambda g: (g["hr@10"], g["recall@20"]))
-    best_mix = max(grid, key=lambda g: (g["hr@10"], g["recall@20"]))
-    for g in grid:
-        log.debug("cold tuning half: %s", g)
-    for a in ALPHAS:
-        log.info(
-            "cold tuning half, alpha %.1f: best %s",
-            a,
-            max((g for g in grid if g["alpha"] == a), key=lambda g: g["hr@10"]),
+    data = DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2)
+    train = TrainConfig(epochs=args.cold_epochs, seed=0)
+    variants: dict[str, dict[str, Any]] = {}
+    scorers: dict[str, ColdScorer] = {}
+    split: Split | None = None
+    for var in COLD_VARIANTS:
+        model = ModelConfig(
+            backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history"
         )
-    log.info("cold: chosen on the tuning half: kg cap %s; mix %s", best_kg, best_mix)
+        cache = Path(args.work_dir) / f"cold-{args.dataset}-{var.name}.pt"
+        cm, split, ds = train_cold(
+            Config(data=data, model=model, train=train),
+            cache=cache,
+            retrain=args.retrain,
+            budget_s=60 * args.budget_min,
+        )
+        assert split.cold_items is not None
+        cold_rows = np.sort(split.cold_items)
+        is_cold = np.zeros(split.num_items, bool)
+        is_cold[cold_rows] = True
+        warm_rows = np.flatnonzero(~is_cold)
+        if not scorers:  # the same split, graph and halves for every variant
+            graph = cold_graph(ds, cold_rows)
+            tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
+        tune = ColdEval(split, cm, tune_half.rows, tune_half.users, tune_half.negatives)
+        scorers[var.name] = scorer = ColdScorer(cm, graph, ds, cold_rows, warm_rows)
+        best = tune_cold(scorer, tune, tune_half)  # ---- choices made on the tuning half only
+        log.info("cold %s, chosen on the tuning half: %s", var.name, best)
+        variants[var.name] = {
+            "model": dataclasses.asdict(model),
+            "training": cm.info,
+            "kg_fallback_to_text": scorer.priors[None][2],
+            "tuning_half": best,
+            "cm": cm,
+        }
+    assert split is not None
+
+    # ---- each method's variant, chosen on the tuning half too
+    chosen = {
+        m: max(
+            variants,
+            key=lambda n, m=m: (variants[n]["tuning_half"][m]["hr@10"], variants[n]["tuning_half"][m]["recall@20"]),
+        )
+        for m in ("text", "kg", "text+kg")
+    }
+    log.info("cold: variants chosen on the tuning half: %s", chosen)
 
     # ---- figures on the report half
+    def report_eval(name: str) -> ColdEval:
+        return ColdEval(split, variants[name]["cm"], report_half.rows, report_half.users, report_half.negatives)
+
     rng = np.random.default_rng(args.seed)
     out: dict[str, Any] = {}
-    methods = {
-        "text": (text_v, text_b),
-        "kg": mix(0.0, best_kg["max_neighbours"], None, best_kg["renorm"]),
-        "text+kg": mix(best_mix["alpha"], best_mix["max_neighbours"], best_mix["bias_weight"], best_mix["renorm"]),
-    }
-    h, r = report.per_user_scores(rng.random((len(report_users), len(report_half.rows))))
+    h, r = report_eval(chosen["text"]).per_user_scores(rng.random((len(report_half.users), len(report_half.rows))))
     out["random"] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
-    for name, (v, b) in methods.items():
-        h, r = report.per_user(v[report_half.cols], b[report_half.cols])
-        out[name] = {"hr@10": round(float(h.mean()), 4), "recall@20": round(float(r.mean()), 4)}
+    for m, name in chosen.items():
+        out[m] = _figures(report_eval(name), report_half, *scorers[name](variants[name]["tuning_half"][m]))
+    # for reference only, never read by a choice: every variant's report-half figures at its tuned knobs
+    for name, var in variants.items():
+        ev = report_eval(name)
+        var["report_half_reference"] = {
+            m: _figures(ev, report_half, *scorers[name](_knobs(best))) for m, best in var["tuning_half"].items()
+        }
     # for reference only (not the reported protocol): every test user against the split's 99 negatives
     # over all cold items, with the choices made on the tuning half
-    all_users = ColdEval(split, cm, cold_rows, test_users)
-    ref = {name: round(float(all_users.per_user(v, b)[0].mean()), 4) for name, (v, b) in methods.items()}
+    test_users = np.flatnonzero(split.test >= 0)
+    ref = {}
+    for m, name in chosen.items():
+        all_users = ColdEval(split, variants[name]["cm"], np.sort(split.cold_items), test_users)
+        ref[m] = round(float(all_users.per_user(*scorers[name](variants[name]["tuning_half"][m]))[0].mean()), 4)
+    for var in variants.values():
+        del var["cm"]
+    best_mix = variants[chosen["text+kg"]]["tuning_half"]["text+kg"]
     settings = {
-        "model": dataclasses.asdict(cfg.model),
-        "train": dataclasses.asdict(cfg.train),
-        "cold_fraction": cfg.data.cold_fraction,
-        "training": cm.info,
+        "variants": variants,
+        "chosen_variant": chosen,
+        "chosen_knobs": {m: _knobs(variants[n]["tuning_half"][m]) for m, n in chosen.items()},
+        "train": dataclasses.asdict(train),
+        "cold_fraction": data.cold_fraction,
         "text_bias": "mean warm bias (immaterial: constant over cold items)",
         "kg_bias": "neighbours' weighted mean bias",
         "kg_weights": dict(RELATION_WEIGHTS),
-        "kg_fallback_to_text": priors[best_kg["max_neighbours"]][2],
-        "kg_max_neighbours": best_kg["max_neighbours"],
-        "kg_renorm": best_kg["renorm"],
-        "mix_renorm": best_mix["renorm"],
-        "mix_alpha": best_mix["alpha"],
-        "mix_max_neighbours": best_mix["max_neighbours"],
-        "mix_bias": "alpha-mix of text and kg biases"
+        "cold_item_vector": "text part of the tower (an ID residual, untrained for a cold item, is zero)",
+        "priors": {
+            "full": "alpha * text + (1 - alpha) * KG prior over warm items' full vectors (optionally renormalised "
+            "to the mean warm norm)",
+            "residual": "alpha * text + (1 - alpha) * the full prior + weight * KG prior over warm items' ID "
+            "residuals (alpha 1: text + weight * the residual prior)",
+            "none": "text",
+        },
+        "grid": {
+            "alpha": list(ALPHAS),
+            "residual_weight": list(RESIDUAL_WEIGHTS),
+            "residual_alpha": list(RESIDUAL_ALPHAS),
+            "max_neighbours": list(NEIGHBOUR_CAPS),
+            "bias_weight": list(BIAS_WEIGHTS),
+            "renorm": [False, True],
+        },
+        "mix_bias": "alpha-mix of text and kg biases (residual prior: the constant text bias)"
         if best_mix["bias_weight"] is None
         else f"{best_mix['bias_weight']} x kg bias (text bias is a constant)",
-        "tuning": "alpha, neighbour cap, bias weight and prior renorm chosen by HR@10 on a seeded half of the cold "
-        "items (its users: those whose cold test item is in it; negatives from that half only); every figure is on "
-        "the other half's items and users",
-        "tuning_half_best": {"kg": best_kg, "text+kg": best_mix},
-        "users": {"tuning": len(tune_users), "report": len(report_users)},
-        "cold_items": {"all": len(cold_rows), "tuning": len(tune_half.rows), "report": len(report_half.rows)},
+        "tuning": "the variant (trained tower) and the knobs of each method (prior kind, alpha or residual weight, "
+        "neighbour cap, bias weight, renorm) chosen by HR@10 (then Recall@20) on a seeded half of the cold items "
+        "(its users: those whose cold test item is in it; negatives from that half only); every figure is on the "
+        "other half's items and users (variants.*.report_half_reference: each variant's, never used to choose)",
+        "users": {"tuning": len(tune_half.users), "report": len(report_half.users)},
+        "cold_items": {"all": len(split.cold_items), "tuning": len(tune_half.rows), "report": len(report_half.rows)},
         "negatives_per_user": {
             "tuning": int(tune_half.negatives.shape[1]),
             "report": int(report_half.negatives.shape[1]),

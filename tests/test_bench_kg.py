@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_ml100k
 
 import kg
 from shared.config import ENTITY_RERANK
@@ -149,3 +150,95 @@ def test_explain_run_on_tiny_data(tiny_data: Path, tiny_bert: str, tmp_path: Pat
     assert out["ms_per_user"] > 0
     assert 0.0 <= out["rerank"]["ndcg@10_after"] <= 1.0
     json.dumps(out)  # what is merged into summary.json
+
+
+def _cold_data(root: Path, *, items: int = 600, users: int = 60, per_user: int = 25) -> Path:
+    """The tiny ml-100k layout (and KG) with a catalogue large enough for 99 cold negatives per user."""
+    write_tiny_ml100k(root)
+    rng = np.random.default_rng(0)
+    d = root / "ml-100k"
+    lines = []
+    for i in range(1, items + 1):
+        flags = ["0"] * 5
+        flags[1 + i % 4] = "1"
+        lines.append(f"{i}|Movie {i} ({1980 + i % 20})|01-Jan-{1980 + i % 20}||http://x|" + "|".join(flags))
+    (d / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    rows = []
+    for u in range(1, users + 1):
+        for t, it in enumerate(rng.choice(np.arange(1, items + 1), size=per_user, replace=False)):
+            rows.append(f"{u}\t{it}\t{1 + (t % 5)}\t{880000000 + 1000 * t + u}")
+    (d / "u.data").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _cold_args(data: Path, tiny_bert: str, tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(
+        dataset="ml-100k",
+        data_dir=str(data),
+        cache_dir=str(tmp_path / "cache"),
+        backbone=tiny_bert,
+        cold_epochs=1,
+        work_dir=str(tmp_path / "work"),
+        retrain=False,
+        budget_min=0.0,
+        seed=0,
+    )
+
+
+def test_cold_run_chooses_variants_and_knobs_without_the_report_half(
+    tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _cold_data(tmp_path / "data")
+    args = _cold_args(data, tiny_bert, tmp_path)
+    # a smaller grid of each kind of knob, to keep the test quick
+    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
+    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
+    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None, 1.0))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_WEIGHTS", (0.5, 2.0))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_ALPHAS", (0.5, 1.0))
+    out = bench_kg.run_cold(args)  # trains (and caches) every variant
+    settings = out["provenance"]["settings"]
+    names = [v.name for v in bench_kg.COLD_VARIANTS]
+    assert list(settings["variants"]) == names
+    for m in ("random", "text", "kg", "text+kg"):
+        assert 0.0 <= out[m]["hr@10"] <= 1.0 and 0.0 <= out[m]["recall@20"] <= 1.0
+    for name, var in settings["variants"].items():
+        assert var["model"]["id_residual"] == (name != "no-id")
+        assert set(var["tuning_half"]) >= {"text", "kg", "text+kg"}
+        assert ("text+kg_residual_prior" in var["tuning_half"]) == (name != "no-id")
+        best = var["tuning_half"]["text+kg"]["hr@10"]
+        assert best >= max(var["tuning_half"][m]["hr@10"] for m in ("text", "kg"))
+    assert set(settings["chosen_variant"].values()) <= set(names)
+    json.dumps(out)
+
+    # The same run with every report-half cold item's vector and every report-half user's vector
+    # changed, under a metric that reads every score it is given: if any choice saw a report-half
+    # item or user, some tuning figure, and so some choice, would move.
+    def metric(self: bench_kg.ColdEval, vecs: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = float((self.cm.users[self.users] @ vecs.T).sum() + bias.sum() + (self.cand * 0.37).sum())
+        f = np.full(len(self.users), abs(x) * 1e3 % 1.0)
+        return f, f
+
+    monkeypatch.setattr(bench_kg.ColdEval, "per_user", metric)
+    plain = bench_kg.run_cold(args)["provenance"]["settings"]
+    extract = bench_kg._extract
+
+    def shaken(model: object, split: Split) -> bench_kg.ColdModel:
+        cm = extract(model, split)  # type: ignore[arg-type]
+        assert split.cold_items is not None
+        _, report = bench_kg.cold_item_halves(split, np.sort(split.cold_items), args.seed)
+        rng = np.random.default_rng(7)
+        cm.vectors[report.rows] += rng.normal(size=cm.vectors[report.rows].shape).astype(np.float32)
+        cm.users[report.users] += rng.normal(size=cm.users[report.users].shape).astype(np.float32)
+        return cm
+
+    monkeypatch.setattr(bench_kg, "_extract", shaken)
+    moved = bench_kg.run_cold(args)
+    for key in ("chosen_variant", "chosen_knobs"):
+        assert moved["provenance"]["settings"][key] == plain[key]
+    for name in names:
+        assert (
+            moved["provenance"]["settings"]["variants"][name]["tuning_half"] == plain["variants"][name]["tuning_half"]
+        )
+    # ... while the report half did change under it
+    assert moved["provenance"]["settings"]["variants"] != plain["variants"]

@@ -205,3 +205,64 @@ def test_pca_projection_init_is_orthonormal_and_centred(tiny_bert: str) -> None:
     np.testing.assert_allclose(t[:, :rank].mean(0).numpy(), 0.0, atol=1e-4)
     with pytest.raises(ValueError, match="top-layers"):
         pca_init_projection(_model(tiny_bert, 1, "bottleneck")[0])
+
+
+def _residual_model(tiny_bert: str, id_dropout: float, dropout: float = 0.0) -> Recommender:
+    model, _ = _model(tiny_bert, 0, "bottleneck", id_residual=True, id_dropout=id_dropout, dropout=dropout)
+    assert model.items.id_residual is not None
+    with torch.no_grad():  # residuals as large as the text part, so a dropped one shows
+        model.items.id_residual.weight.normal_(std=1.0)
+    return model
+
+
+def test_id_dropout_drops_whole_residuals_at_its_rate_in_training_only(tiny_bert: str) -> None:
+    model = _residual_model(tiny_bert, 0.5)
+    tower = model.items
+    assert tower.id_residual is not None
+    rows = torch.arange(len(TEXTS)).repeat(1000)  # (12000,): one draw per entry
+    with torch.no_grad():
+        text, res = tower.text_vectors(rows), tower.id_residual(rows)
+        model.train()
+        v1, _ = tower(rows)
+        v2, _ = tower(rows)
+        dropped = torch.isclose(v1, text, atol=1e-6).all(-1)
+        kept = torch.isclose(v1, text + res, atol=1e-6).all(-1)
+        assert bool((dropped ^ kept).all())  # a residual is dropped whole, and a kept one is not rescaled
+        assert abs(float(dropped.float().mean()) - 0.5) < 0.03
+        assert not torch.equal(v1, v2)  # a fresh draw per call
+        model.eval()  # evaluation (and what all_item_vectors, serving and checkpoints read): always on
+        torch.testing.assert_close(tower(rows)[0], text + res)
+        v_all, _ = model.all_item_vectors()
+        torch.testing.assert_close(v_all, tower.text_vectors(torch.arange(len(TEXTS))) + tower.id_residual.weight)
+    always = _residual_model(tiny_bert, 1.0)
+    always.train()
+    with torch.no_grad():
+        torch.testing.assert_close(always.items(rows)[0], always.items.text_vectors(rows))
+
+
+def test_zero_id_dropout_is_the_plain_residual_model(tiny_bert: str) -> None:
+    assert ModelConfig().id_dropout == 0.0
+    model = _residual_model(tiny_bert, 0.0, dropout=0.1)
+    tower = model.items
+    assert tower.id_residual is not None
+    model.train()
+    rows = torch.tensor([[0, 3, 3], [5, 11, 2]])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        v, b = tower(rows)
+        after = torch.get_rng_state()
+        torch.manual_seed(1)  # the forward before id_dropout existed, with the same random stream
+        old = tower.proj(tower.drop(tower.norm(tower.text_features(rows)))) + tower.id_residual(rows)
+    torch.testing.assert_close(v, old, rtol=0, atol=0)
+    assert torch.equal(after, torch.get_rng_state())  # no extra draw: training runs are unchanged
+    assert b.shape == (2, 3)
+
+
+def test_id_dropout_config_is_validated() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"model\.id-dropout.*\[0, 1\]"):
+            ModelConfig(id_residual=True, id_dropout=bad)
+    with pytest.raises(ConfigError, match=r"model\.id-dropout.*needs model\.id-residual"):
+        ModelConfig(id_dropout=0.5)
+    cfg = config_from_flat({"model.id-residual": "true", "model.id-dropout": 0.8})
+    assert cfg.model.id_dropout == 0.8 and cfg.model.id_residual
