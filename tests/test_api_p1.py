@@ -57,7 +57,9 @@ def world(
             model.scale.fill_(2.5)
     model.eval()
     ckpt = save_checkpoint(model, ds.catalogue.ids, root / "ckpt", meta={"source": "tests"})
-    e = env(data, ckpt, root / "state", max_score_items=200)
+    e = env(
+        data, ckpt, root / "state", max_score_items=200, entity_rerank=0
+    )  # the model's order (re-ranking: test_api_rerank)
     s = Settings(**{k[len("FEDXREC_") :].lower(): v for k, v in e.items()})  # type: ignore[arg-type]
     return model, split, ds.catalogue.ids, s
 
