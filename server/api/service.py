@@ -273,7 +273,15 @@ class Service:
         (:func:`kg.rerank` with the entity term only); the same order whether or not explanations are
         returned. Scores stay the model's.
         """
-        firsts = self.explainer.explain(window, ids, sim=self._sim(window, ids), max_paths=1)
+        # Only items that could enter the top k are explained: the k model-top items all gain at least
+        # (1 - w) * norm_k, so an item whose best possible gain (1 - w) * norm + w is lower never does
+        # (and keeps its place outside the top k unexplained). Same result as explaining the whole pool.
+        s = np.asarray(scores, dtype=float)
+        span = float(s.max() - s.min())
+        norm = (s - s.min()) / span if span > 0 else np.zeros_like(s)
+        kth = float(np.sort(norm)[::-1][k - 1])
+        reach = [i for i, n in zip(ids, norm.tolist(), strict=True) if (1 - weight) * n + weight >= (1 - weight) * kth]
+        firsts = self.explainer.explain(window, reach, sim=self._sim(window, reach), max_paths=1)
         by_item = {e.item_id: e for e in firsts}
         order = kg.rerank(
             ids,
