@@ -24,6 +24,7 @@ from kg.graph import (
     save_graph,
 )
 from kg.metrics import (
+    can_enter_top_k,
     entity_share,
     etd,
     explanation_metrics,
@@ -37,6 +38,7 @@ from kg.metrics import (
     rerank,
     sep,
     sep_table,
+    toward_entities,
 )
 from kg.paths import Explanation, Path, PathScoring, Triple, explain, explain_items, find_paths
 from kg.schema import entity_label
@@ -77,7 +79,9 @@ __all__ = [
     "neighbours",
     "pn_rank",
     "pn_score",
+    "can_enter_top_k",
     "rerank",
+    "toward_entities",
     "save_graph",
     "sep",
     "sep_table",

@@ -247,6 +247,12 @@ def _static_quality(
     return float(mix[0] * recency.get(best.history_item, 0.0) + mix[1] * table.get(best.entity, 0.0) + mix[3] * entity)
 
 
+def _min_max(s: np.ndarray) -> np.ndarray:
+    """Scores min-max normalised over the candidates (zeros when they are all equal)."""
+    span = s.max() - s.min() if s.size else 0.0
+    return (s - s.min()) / span if span > 0 else np.zeros_like(s)
+
+
 def rerank(
     item_ids: Sequence[int],
     scores: np.ndarray,
@@ -285,8 +291,7 @@ def rerank(
     if (mix < 0).any() or mix.sum() == 0:
         raise ValueError(f"lir/sep/etd/entity weights must be >= 0 and not all 0, got {mix.tolist()}")
     mix = mix / mix.sum()
-    span = s.max() - s.min() if s.size else 0.0
-    norm = (s - s.min()) / span if span > 0 else np.zeros_like(s)  # (n,)
+    norm = _min_max(s)  # (n,)
     recency = lir_by_item(history, timestamps, beta)
     bests = [e.best if (e := explanations.get(item)) is not None else None for item in item_ids]
     static = np.array([_static_quality(b, recency, sep_values, mix) for b in bests])  # (n,)
@@ -328,3 +333,43 @@ def explanation_metrics(
         "sep": sep(top, table),
         "etd": etd(top, k=k, n_path_types=max(1, len(graph_stats(graph).relations))),
     }
+
+
+def toward_entities(
+    item_ids: Sequence[int],
+    scores: np.ndarray,
+    explanations: Mapping[int, Explanation],
+    *,
+    history: Sequence[int],
+    weight: float,
+) -> list[int]:
+    """:func:`rerank` with the entity term alone: toward items explained through a person or a company.
+
+    The API's served order (``FEDXREC_ENTITY_RERANK``) and what ``bench kg`` measures of it.
+    """
+    return rerank(
+        item_ids,
+        scores,
+        explanations,
+        history=history,
+        sep_values={},
+        weight=weight,
+        lir_weight=0.0,
+        sep_weight=0.0,
+        etd_weight=0.0,
+        entity_weight=1.0,
+    )
+
+
+def can_enter_top_k(item_ids: Sequence[int], scores: np.ndarray, *, weight: float, k: int) -> list[int]:
+    """The candidates that :func:`toward_entities` could place in its top ``k``, whatever their paths.
+
+    The model's top ``k`` all gain at least ``(1 - weight) * norm_k``; an item whose best possible gain
+    ``(1 - weight) * norm + weight`` is lower never enters (and stays outside the top ``k`` unexplained),
+    so explaining only these gives the same top ``k`` as explaining every candidate.
+    """
+    norm = _min_max(np.asarray(scores, dtype=float))
+    if len(item_ids) <= k:
+        return list(item_ids)
+    kth = float(np.sort(norm)[::-1][k - 1])
+    return [i for i, n in zip(item_ids, norm.tolist(), strict=True) if (1 - weight) * n + weight >= (1 - weight) * kth]

@@ -605,24 +605,6 @@ def _mean(values: Sequence[float]) -> float:
     return round(float(np.mean(values)), 4) if len(values) else 0.0
 
 
-def _toward_entities(
-    ids: list[int], scores: np.ndarray, by_item: dict[int, kg.Explanation], history: list[int], weight: float
-) -> list[int]:
-    """The candidates re-ranked toward items explained through a person or a company (as the API does)."""
-    return kg.rerank(
-        ids,
-        scores,
-        by_item,
-        history=history,
-        sep_values={},
-        weight=weight,
-        lir_weight=0.0,
-        sep_weight=0.0,
-        etd_weight=0.0,
-        entity_weight=1.0,
-    )
-
-
 def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     ckpt_path = Path(args.checkpoint) if args.checkpoint else options.default_checkpoint(args.dataset)
@@ -685,7 +667,7 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         pool = explainer.explain(history[-window:], top_ids, timestamps=ts[-window:], sim=sim)
         by_item = {e.item_id: e for e in pool}
         served = (
-            _toward_entities(top_ids, top_scores, by_item, history, args.entity_rerank)
+            kg.toward_entities(top_ids, top_scores, by_item, history=history, weight=args.entity_rerank)
             if args.entity_rerank
             else top_ids
         )
@@ -723,7 +705,7 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
         rr["ndcg_served"].append(ndcg(np.array([at_served]), 10))
         rr["hr_served"].append(hit_rate(np.array([at_served]), 10))
         for w, acc_w in re_entity.items():
-            toward = _toward_entities(top_ids, top_scores, by_item, history, w)
+            toward = kg.toward_entities(top_ids, top_scores, by_item, history=history, weight=w)
             toward_exps = [by_item[i] for i in toward[:10]]
             acc_w["entity_share"].append(kg.entity_share(toward_exps))
             acc_w["fidelity_specific"].append(kg.fidelity_specific(toward_exps))

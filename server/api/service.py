@@ -270,31 +270,13 @@ class Service:
         """The top ``k`` of a candidate pool re-ranked toward items explained through a person or a company.
 
         ``(1 - weight) * min-max normalised score + weight * [first path through a person or company]``
-        (:func:`kg.rerank` with the entity term only); the same order whether or not explanations are
+        (:func:`kg.toward_entities`); the same order whether or not explanations are
         returned. Scores stay the model's.
         """
-        # Only items that could enter the top k are explained: the k model-top items all gain at least
-        # (1 - w) * norm_k, so an item whose best possible gain (1 - w) * norm + w is lower never does
-        # (and keeps its place outside the top k unexplained). Same result as explaining the whole pool.
-        s = np.asarray(scores, dtype=float)
-        span = float(s.max() - s.min())
-        norm = (s - s.min()) / span if span > 0 else np.zeros_like(s)
-        kth = float(np.sort(norm)[::-1][k - 1])
-        reach = [i for i, n in zip(ids, norm.tolist(), strict=True) if (1 - weight) * n + weight >= (1 - weight) * kth]
+        reach = kg.can_enter_top_k(ids, scores, weight=weight, k=k)  # the others never do: left unexplained
         firsts = self.explainer.explain(window, reach, sim=self._sim(window, reach), max_paths=1)
         by_item = {e.item_id: e for e in firsts}
-        order = kg.rerank(
-            ids,
-            scores,
-            by_item,
-            history=window,
-            sep_values={},
-            weight=weight,
-            lir_weight=0.0,
-            sep_weight=0.0,
-            etd_weight=0.0,
-            entity_weight=1.0,
-        )[:k]
+        order = kg.toward_entities(ids, scores, by_item, history=window, weight=weight)[:k]
         score_of = dict(zip(ids, scores.tolist(), strict=True))
         return order, np.array([score_of[i] for i in order])
 
