@@ -74,7 +74,7 @@ class ModelConfig:
     #: matmul precision of the top layers (k > 0): ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the
     #: CPU has native bf16 instructions, else fp32). On MiniLM, bf16 moves unit item vectors by at most 2e-3
     #: (cosine to fp32 >= 0.99998) and makes a k = 1 client step 1.5x (bottleneck) to 2x (LoRA) faster on an
-    #: AVX512-BF16 CPU; where bf16 is only emulated it would be slower, hence ``auto``
+    #: AVX512-BF16 CPU; where bf16 is only emulated (AVX-512 alone) it is 2.5x slower, hence ``auto``
     top_precision: str = "auto"
     #: at most this many cached tokens (the first ones) reach the top layers (0: all; k > 0 only). Changes
     #: the model: the pooled features then read the first tokens' states alone (each of which has seen the

@@ -7,6 +7,7 @@ give the plain path's item vectors and gradients; bf16 autocast stays within a s
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,6 +223,15 @@ def test_top_layer_knobs_are_validated_by_name() -> None:
     assert ModelConfig().top_precision == "auto" and ModelConfig().top_tokens == 0
     assert top_dtype("fp32") == torch.float32 and top_dtype("bf16") == torch.bfloat16
     assert top_dtype("auto") == (torch.bfloat16 if bf16_supported() else torch.float32)
+
+
+def test_bf16_is_native_only_where_the_cpu_says_so() -> None:
+    # "auto" must not pick an emulated bf16 (AVX-512 without BF16: 2.5x slower than fp32 here)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    flags = set(cpuinfo.read_text().split())
+    assert bf16_supported() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_lengths_follow_the_last_real_token(tiny_bert: str) -> None:
