@@ -28,7 +28,7 @@ from shared.backbone import cached_prefix, extended_mask, load_backbone
 from shared.central import RunResult, run_bprmf, run_mostpop, train_central
 from shared.checkpoint import save_checkpoint
 from shared.config import Config, DataConfig, ModelConfig, TrainConfig
-from shared.model import Recommender
+from shared.model import Recommender, bf16_supported
 from shared.pipeline import Prepared, build_model, prepare
 from shared.training import Sequences, sample_losses
 from simulations import options
@@ -37,6 +37,26 @@ from simulations.results import provenance
 from simulations.runner import run_config
 
 log = logging.getLogger("fedxrec.bench_core")
+
+
+#: the k comparison ``central-k0|k1|k2``: the ``central`` model, at k >= 1 with ``fed-k1``'s top-layer tower,
+#: all trained alike. Central training computes the whole catalogue's item vectors every step, so a k >= 1
+#: step costs the same at any batch size: a large batch, and a fixed budget of epochs
+K_RUNS = ("central-k0", "central-k1", "central-k2")
+K_TRAIN: dict[str, Any] = {"batch_size": 1024, "epochs": 6}
+K_ABOUT = (
+    "the central model at model.top-layers = k (k >= 1: fed-k1's tower), batch 1024, 6 epochs for every k "
+    "(a k = 1 step computes all items through the top layer); best validation epoch"
+)
+
+
+def k_model(base: ModelConfig, k: int) -> ModelConfig:
+    """``base`` at ``model.top-layers = k``; for k >= 1 with the ``fed-k1`` preset's top-layer settings."""
+    if k == 0:
+        return dataclasses.replace(base, top_layers=0)
+    top = parse_run_config(run_config(PRESETS["fed-k1"])).model
+    knobs = ("adapter", "lora_rank", "lora_alpha", "top_tokens", "top_dropout", "top_precision")
+    return dataclasses.replace(base, top_layers=k, **{n: getattr(top, n) for n in knobs})
 
 
 def central_run(
@@ -133,14 +153,23 @@ def _one_step(model: Recommender, opt: torch.optim.Optimizer, batch: ClientBatch
 
 
 def step_models(
-    prep: Prepared, mcfg: ModelConfig, cache_dir: str, *, ks: tuple[int, ...] = (0, 1, 2)
+    prep: Prepared,
+    mcfg: ModelConfig,
+    cache_dir: str,
+    *,
+    ks: tuple[int, ...] = (0, 1, 2),
+    top: ModelConfig | None = None,
 ) -> dict[str, Recommender]:
-    """The cost variants of ``mcfg``: ``k0``, ``k1``, ``k2`` (``ks``) and ``k1_uncached`` (needs 1 in ``ks``)."""
+    """The cost variants: ``k0`` (``mcfg``), ``k1``, ``k2`` (``top``, default ``mcfg``, at ``k``).
+
+    At k = 1 also ``k1_uncached`` (the lower layers from tokens every step) and ``k1_top_dropout`` (the
+    top layer's own dropout flipped from ``top``'s setting).
+    """
     backbone, tok = load_backbone(mcfg.backbone)
     texts = prep.dataset.catalogue.texts()
     models: dict[str, Recommender] = {}
     for k in ks:
-        kcfg = dataclasses.replace(mcfg, top_layers=k)
+        kcfg = dataclasses.replace(mcfg if k == 0 else (top or mcfg), top_layers=k)
         cache, _ = cached_prefix(
             kcfg.backbone, texts, cache_dir, top_layers=k, max_length=kcfg.max_length, model=backbone, tok=tok
         )
@@ -153,6 +182,9 @@ def step_models(
                 backbone, enc["input_ids"], enc["attention_mask"], k
             )
             models["k1_uncached"] = uncached
+            torch.manual_seed(0)
+            flipped = dataclasses.replace(kcfg, top_dropout=not kcfg.top_dropout)
+            models["k1_top_dropout"] = Recommender(flipped, cache, 1, backbone)
     return models
 
 
@@ -183,13 +215,16 @@ def step_costs(cfg: Config, prep: Prepared, repeats: int = 7) -> dict[str, objec
     lower layers from tokens every step, on the same rows and tokens as ``k1``.
     """
     rc = parse_run_config(run_config(PRESETS["fed"]))
+    top = parse_run_config(run_config(PRESETS["fed-k1"])).model  # the k >= 1 model a fed-k1 device trains
     batch = fed_client_batch(prep, rc)
-    models = step_models(prep, rc.model, cfg.data.cache_dir)
+    models = step_models(prep, rc.model, cfg.data.cache_dir, top=top)
     med = interleaved_medians(models, batch, rc, repeats)
     log.info("step cost (median s) %s on %s", {k: round(v, 4) for k, v in med.items()}, batch.about)
+    dropout_key = "k1_top_dropout_" + ("on" if not top.top_dropout else "off")
     return {
         "train_step_seconds": {k: round(med[k], 4) for k in ("k0", "k1", "k2")},
         "train_step_seconds_k1_uncached": round(med["k1_uncached"], 4),
+        f"train_step_seconds_{dropout_key}": round(med["k1_top_dropout"], 4),
         "prefix_cache_speedup": round(med["k1_uncached"] / med["k1"], 2),
         "k1_over_k0": round(med["k1"] / med["k0"], 1),
         "cost_batch": batch.about
@@ -197,9 +232,13 @@ def step_costs(cfg: Config, prep: Prepared, repeats: int = 7) -> dict[str, objec
             "repeats": repeats,
             "threads": torch.get_num_threads(),
             "model": {
-                "adapter": rc.model.adapter,
-                "top_precision": rc.model.top_precision,
+                "k0": f"preset fed (adapter {rc.model.adapter} over the pooled output)",
+                "k1_k2": "preset fed-k1 at model.top-layers = k",
+                "adapter": top.adapter,
+                "top_dropout": top.top_dropout,
+                "top_precision": top.top_precision,
                 "top_dtype": str(models["k1"].items.top_dtype).removeprefix("torch."),
+                "bf16_native": bf16_supported(),
             },
         },
     }
@@ -242,6 +281,14 @@ def run(args: argparse.Namespace, command: str = "core") -> int:
             ck = checkpoint if name == "central" else None
             res = central_run(prep, mcfg, cfg.train, name, ck)
             record(name, res, {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(cfg.train)})
+    k_runs = [n for n in K_RUNS if n in wanted]
+    for name in k_runs:
+        k = int(name.removeprefix("central-k"))
+        mcfg = k_model(cfg.model, k)
+        ktrain = dataclasses.replace(cfg.train, **K_TRAIN)
+        kprep = prep if k == cfg.model.top_layers else prepare(dataclasses.replace(cfg, model=mcfg))
+        res = central_run(kprep, mcfg, ktrain, name)
+        record(name, res, {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(ktrain), "about": K_ABOUT})
     if "bprmf-central" in wanted:
         # a small grid, selected on validation only (test figures of the chosen setting are reported)
         grid = [{"dim": 64, "epochs": args.bpr_epochs, "lr": lr, "reg": 1e-4} for lr in (2e-3, 5e-3)]

@@ -161,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         if name == "fed":
             figures["cost"]["upload_bytes_per_client_round"] = fig["upload_bytes_per_client_round"]
             figures["cost"]["round_seconds"] = fig["round_seconds"]
+        if name == "fed-k1":  # a round of the k = 1 recipe, and what each of its devices uploads
+            figures["cost"]["fed_k1_round_seconds"] = fig["round_seconds"]
+            figures["cost"]["fed_k1_upload_bytes_per_client_round"] = fig["upload_bytes_per_client_round"]
         out.merge({"runs": {name: fig}, "cost": figures["cost"]})
     ov = dp_step_overhead(data, num_partitions=nodes)
     figures["cost"]["dp_step_overhead"] = ov["ratio"]

@@ -25,7 +25,18 @@ from shared.config import DATASETS, DEFAULT_DATASET, ENTITY_RERANK
 from simulations.presets import DP_SUMMARY_KEYS, PRESETS, SUMMARY_KEYS
 
 #: the runs of ``bench core`` (``fedxrec central`` is its first three)
-CORE_RUNS = ("mostpop", "bprmf-central", "central", "central-idres", "central-textonly", "central-fedmodel", "cost")
+CORE_RUNS = (
+    "mostpop",
+    "bprmf-central",
+    "central",
+    "central-idres",
+    "central-textonly",
+    "central-fedmodel",
+    "cost",
+    "central-k0",
+    "central-k1",
+    "central-k2",
+)
 CORE_DEFAULT_RUNS = ("mostpop", "bprmf-central", "central", "central-idres", "central-textonly", "cost")
 CENTRAL_RUNS = ("mostpop", "bprmf-central", "central")
 KG_PARTS = ("cold", "explain")

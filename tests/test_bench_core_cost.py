@@ -34,12 +34,19 @@ def test_cost_batch_is_the_fed_clients_and_uncached_baseline_matches(
 
     mcfg = dataclasses.replace(rc.model, backbone=tiny_bert, max_length=32, dropout=0.0)
     models = step_models(prep, mcfg, cfg.data.cache_dir, ks=(0, 1))
-    assert set(models) == {"k0", "k1", "k1_uncached"}
+    assert set(models) == {"k0", "k1", "k1_uncached", "k1_top_dropout"}
+    flipped = models["k1_top_dropout"].cfg
+    assert flipped.top_dropout is not mcfg.top_dropout and flipped == dataclasses.replace(
+        models["k1"].cfg, top_dropout=flipped.top_dropout
+    )
     with torch.no_grad():  # the baseline computes the same features from tokens (the cache holds float16)
         r = torch.as_tensor(rows)
         cached, uncached = models["k1"].items, models["k1_uncached"].items
         cached.eval()
         uncached.eval()
         torch.testing.assert_close(uncached.text_features(r), cached.text_features(r), atol=5e-3, rtol=5e-3)
+        other = models["k1_top_dropout"].items
+        other.eval()  # the same function at evaluation: only training's dropout differs
+        torch.testing.assert_close(other.text_features(r), cached.text_features(r))
     med = interleaved_medians(models, batch, rc, repeats=1)
     assert set(med) == set(models) and all(v > 0 for v in med.values())
