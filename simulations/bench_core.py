@@ -89,14 +89,18 @@ class _UncachedPrefix:
         self.lower = backbone.encoder.layer[: len(backbone.encoder.layer) - k]
 
     def __call__(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.ids[rows, :length], self.mask[rows, :length]
+        # the lower layers read every real token (as when the cache was built); only then is the
+        # result cut to ``length`` (shorter than the rows' text under ``model.top-tokens``)
+        pos = torch.arange(1, self.mask.shape[1] + 1)
+        full = max(length, int((self.mask[rows].bool() * pos).amax()))
+        ids, mask = self.ids[rows, :full], self.mask[rows, :full]
         with torch.no_grad():
             h = self.backbone.embeddings(input_ids=ids)  # (R, T, H)
             ext = extended_mask(mask, h.dtype)
             for layer in self.lower:
                 out = layer(h, attention_mask=ext)
                 h = out[0] if isinstance(out, tuple) else out
-        return h, mask
+        return h[:, :length], mask[:, :length]
 
 
 @dataclasses.dataclass

@@ -48,5 +48,13 @@ def test_cost_batch_is_the_fed_clients_and_uncached_baseline_matches(
         other = models["k1_top_dropout"].items
         other.eval()  # the same function at evaluation: only training's dropout differs
         torch.testing.assert_close(other.text_features(r), cached.text_features(r))
+    # under a token cap the baseline still runs the lower layers over every real token, then cuts
+    capped = step_models(prep, mcfg, cfg.data.cache_dir, ks=(1,), top=dataclasses.replace(mcfg, top_tokens=8))
+    with torch.no_grad():
+        cached, uncached = capped["k1"].items, capped["k1_uncached"].items
+        cached.eval()
+        uncached.eval()
+        assert int(cached.lengths[r].max()) > 8  # the cap bites
+        torch.testing.assert_close(uncached.text_features(r), cached.text_features(r), atol=5e-3, rtol=5e-3)
     med = interleaved_medians(models, batch, rc, repeats=1)
     assert set(med) == set(models) and all(v > 0 for v in med.values())
