@@ -84,15 +84,15 @@ class _UncachedPrefix:
     the cached path; the lower layers run as the cache builder runs them (float32, no gradient).
     """
 
-    def __init__(self, backbone: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> None:
-        self.backbone, self.ids, self.mask = backbone, ids, mask
+    def __init__(self, backbone: Any, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, k: int) -> None:
+        # lengths (N,): each row's real tokens, the tower's own ``ItemTower.lengths``
+        self.backbone, self.ids, self.mask, self.lengths = backbone, ids, mask, lengths
         self.lower = backbone.encoder.layer[: len(backbone.encoder.layer) - k]
 
     def __call__(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         # the lower layers read every real token (as when the cache was built); only then is the
         # result cut to ``length`` (shorter than the rows' text under ``model.top-tokens``)
-        pos = torch.arange(1, self.mask.shape[1] + 1)
-        full = max(length, int((self.mask[rows].bool() * pos).amax()))
+        full = max(length, int(self.lengths[rows].max()))
         ids, mask = self.ids[rows, :full], self.mask[rows, :full]
         with torch.no_grad():
             h = self.backbone.embeddings(input_ids=ids)  # (R, T, H)
@@ -183,7 +183,7 @@ def step_models(
             enc = tok(texts, padding="max_length", truncation=True, max_length=kcfg.max_length, return_tensors="pt")
             uncached = copy.deepcopy(models["k1"])
             uncached.items._prefix = _UncachedPrefix(  # type: ignore[method-assign]
-                backbone, enc["input_ids"], enc["attention_mask"], k
+                backbone, enc["input_ids"], enc["attention_mask"], uncached.items.lengths, k
             )
             models["k1_uncached"] = uncached
             torch.manual_seed(0)
