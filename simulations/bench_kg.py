@@ -86,6 +86,7 @@ from simulations.results import provenance
 log = logging.getLogger("fedxrec.bench_kg")
 
 COLD_METHODS = ("random", "text", "kg", "text+kg")
+COLD_FRACTION = 0.2  # of the catalogue's items, never seen in training
 ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 BIAS_WEIGHTS: tuple[float | None, ...] = (None, 0.25, 0.5, 0.75, 1.0, 1.5)
 NEIGHBOUR_CAPS: tuple[int | None, ...] = (20, 50, 100, None)
@@ -439,44 +440,66 @@ def _knobs(fig: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fig.items() if k not in ("hr@10", "recall@20")}
 
 
+@dataclasses.dataclass
+class _ColdSetup:
+    """What every tower of one cold-start benchmark shares: the split, the warm graph, the two halves."""
+
+    split: Split
+    dataset: Dataset
+    graph: Any
+    cold_rows: np.ndarray
+    warm_rows: np.ndarray
+    tune_half: ColdHalf
+    report_half: ColdHalf
+
+
+def _cold_tower(
+    args: argparse.Namespace, name: str, model: ModelConfig, train: TrainConfig, setup: _ColdSetup | None
+) -> tuple[dict[str, Any], ColdScorer, _ColdSetup]:
+    """Train (or reload) one tower on the cold split and choose each method's knobs on the tuning half."""
+    data = DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=COLD_FRACTION)
+    cm, split, ds = train_cold(
+        Config(data=data, model=model, train=train),
+        cache=Path(args.work_dir) / f"cold-{args.dataset}-{name}.pt",
+        retrain=args.retrain,
+        budget_s=60 * args.budget_min,
+    )
+    assert split.cold_items is not None
+    if setup is None:  # the same split, graph and halves for every tower
+        cold_rows = np.sort(split.cold_items)
+        is_cold = np.zeros(split.num_items, bool)
+        is_cold[cold_rows] = True
+        tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
+        setup = _ColdSetup(
+            split, ds, cold_graph(ds, cold_rows), cold_rows, np.flatnonzero(~is_cold), tune_half, report_half
+        )
+    tune = ColdEval(split, cm, setup.tune_half.rows, setup.tune_half.users, setup.tune_half.negatives)
+    scorer = ColdScorer(cm, setup.graph, ds, setup.cold_rows, setup.warm_rows)
+    best = tune_cold(scorer, tune, setup.tune_half)  # ---- choices made on the tuning half only
+    log.info("cold %s, chosen on the tuning half: %s", name, best)
+    var = {
+        "model": dataclasses.asdict(model),
+        "training": cm.info,
+        "kg_fallback_to_text": scorer.priors[None][2],
+        "tuning_half": best,
+        "cm": cm,
+    }
+    return var, scorer, setup
+
+
 def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    data = DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=0.2)
     train = TrainConfig(epochs=args.cold_epochs, seed=0)
     variants: dict[str, dict[str, Any]] = {}
     scorers: dict[str, ColdScorer] = {}
-    split: Split | None = None
+    setup: _ColdSetup | None = None
     for var in COLD_VARIANTS:
         model = ModelConfig(
             backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history"
         )
-        cache = Path(args.work_dir) / f"cold-{args.dataset}-{var.name}.pt"
-        cm, split, ds = train_cold(
-            Config(data=data, model=model, train=train),
-            cache=cache,
-            retrain=args.retrain,
-            budget_s=60 * args.budget_min,
-        )
-        assert split.cold_items is not None
-        cold_rows = np.sort(split.cold_items)
-        is_cold = np.zeros(split.num_items, bool)
-        is_cold[cold_rows] = True
-        warm_rows = np.flatnonzero(~is_cold)
-        if not scorers:  # the same split, graph and halves for every variant
-            graph = cold_graph(ds, cold_rows)
-            tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
-        tune = ColdEval(split, cm, tune_half.rows, tune_half.users, tune_half.negatives)
-        scorers[var.name] = scorer = ColdScorer(cm, graph, ds, cold_rows, warm_rows)
-        best = tune_cold(scorer, tune, tune_half)  # ---- choices made on the tuning half only
-        log.info("cold %s, chosen on the tuning half: %s", var.name, best)
-        variants[var.name] = {
-            "model": dataclasses.asdict(model),
-            "training": cm.info,
-            "kg_fallback_to_text": scorer.priors[None][2],
-            "tuning_half": best,
-            "cm": cm,
-        }
-    assert split is not None
+        variants[var.name], scorers[var.name], setup = _cold_tower(args, var.name, model, train, setup)
+    assert setup is not None
+    split, tune_half, report_half = setup.split, setup.tune_half, setup.report_half
 
     # ---- each method's variant, chosen on the tuning half too
     chosen = {
@@ -519,7 +542,7 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
         "chosen_variant": chosen,
         "chosen_knobs": {m: _knobs(variants[n]["tuning_half"][m]) for m, n in chosen.items()},
         "train": dataclasses.asdict(train),
-        "cold_fraction": data.cold_fraction,
+        "cold_fraction": COLD_FRACTION,
         "text_bias": "mean warm bias (immaterial: constant over cold items)",
         "kg_bias": "neighbours' weighted mean bias",
         "kg_weights": dict(RELATION_WEIGHTS),
@@ -558,6 +581,56 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     }
     out["provenance"] = provenance(settings)
     log.info("cold figures: %s", {k: v for k, v in out.items() if k != "provenance"})
+    return out
+
+
+#: The tower of ``cold.k1`` (and of its k = 0 twin): :data:`COLD_VARIANTS`' ``id`` (an ID residual, not
+#: dropped), the variant the k = 0 run chose on its tuning half for ``text`` and ``text+kg``.
+COLD_K_VARIANT = "id"
+COLD_K_METHODS = ("text", "kg", "text+kg")
+
+
+def run_cold_k(args: argparse.Namespace) -> dict[str, Any]:
+    """``cold.k1``: the cold-start figures of a tower with MiniLM's top layer fine-tuned, against k = 0.
+
+    Both towers are :data:`COLD_K_VARIANT` trained alike on the cold split (``bench_core.K_TRAIN``: a
+    k >= 1 step computes every catalogue item through the top layer, so a large batch and few epochs),
+    k = 1 with ``fed-k1``'s LoRA top layer (``bench_core.k_model``); each method's knobs are chosen on
+    the tuning half, every figure is on the report half, as for ``cold.*``. ``hr@10`` is ``text+kg``'s.
+    """
+    from simulations.bench_core import K_TRAIN, k_model  # the k comparison's own settings
+
+    t0 = time.perf_counter()
+    var = next(v for v in COLD_VARIANTS if v.name == COLD_K_VARIANT)
+    base = ModelConfig(backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history")
+    train = dataclasses.replace(TrainConfig(seed=0), **K_TRAIN)
+    setup: _ColdSetup | None = None
+    figures: dict[int, dict[str, Any]] = {}
+    towers: dict[str, Any] = {}
+    for k in (0, 1):
+        name = f"{COLD_K_VARIANT}-k{k}-b{train.batch_size}-e{train.epochs}"
+        tower, scorer, setup = _cold_tower(args, name, k_model(base, k), train, setup)
+        half = setup.report_half
+        ev = ColdEval(setup.split, tower.pop("cm"), half.rows, half.users, half.negatives)
+        figures[k] = {m: _figures(ev, half, *scorer(tower["tuning_half"][m])) for m in COLD_K_METHODS}
+        towers[f"k{k}"] = tower
+        log.info("cold k=%d figures on the report half: %s", k, figures[k])
+    assert setup is not None
+    out: dict[str, Any] = {**figures[1], "hr@10": figures[1]["text+kg"]["hr@10"], "k0_same_training": figures[0]}
+    settings = {
+        "towers": towers,
+        "variant": COLD_K_VARIANT,
+        "train": dataclasses.asdict(train),
+        "cold_fraction": COLD_FRACTION,
+        "about": "the cold-start benchmark (cold.*) for one tower at model.top-layers = 1 (fed-k1's LoRA top layer) "
+        "and the same tower at k = 0, both trained with bench_core.K_TRAIN; knobs chosen on the tuning half, "
+        "figures on the report half; k0_same_training: the k = 0 twin (cold.*: k = 0 at its own 15-epoch training)",
+        "users": {"tuning": len(setup.tune_half.users), "report": len(setup.report_half.users)},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "seed": args.seed,
+    }
+    out["provenance"] = provenance(settings)
+    log.info("cold k1 figures: %s", {k: v for k, v in out.items() if k != "provenance"})
     return out
 
 
@@ -800,6 +873,8 @@ def run(args: argparse.Namespace) -> int:
     for part, fn in (("cold", run_cold), ("explain", run_explain)):
         if part in args.parts:
             out.merge({part: fn(args)})
+    if "cold-k1" in args.parts:
+        out.replace(["cold", "k1"], run_cold_k(args))
     out.readme()
     return 0
 

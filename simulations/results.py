@@ -63,11 +63,33 @@ def replace_summary(keys: list[str], value: Any, path: Path | None = None) -> di
     return data
 
 
+def machine() -> dict[str, Any]:
+    """What a figure's speed (and a k >= 1 tower's matmul dtype) depends on: CPU, threads, native bf16."""
+    import platform
+
+    import torch
+
+    from shared.model import bf16_supported
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "bf16_native": bf16_supported(),
+    }
+
+
 def provenance(settings: dict[str, Any]) -> dict[str, Any]:
-    """The command line, settings and time that produced a set of figures."""
+    """The command line, settings, machine and time that produced a set of figures."""
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
         "settings": settings,
+        "machine": machine(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -242,3 +242,30 @@ def test_cold_run_chooses_variants_and_knobs_without_the_report_half(
         )
     # ... while the report half did change under it
     assert moved["provenance"]["settings"]["variants"] != plain["variants"]
+
+
+def test_cold_k1_trains_both_towers_alike_and_reports_the_top_layer_one(
+    tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simulations import bench_core
+
+    args = _cold_args(_cold_data(tmp_path / "data"), tiny_bert, tmp_path)
+    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
+    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
+    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None,))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_WEIGHTS", (0.5,))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_ALPHAS", (1.0,))
+    monkeypatch.setattr(bench_core, "K_TRAIN", {"batch_size": 64, "epochs": 1})
+    out = bench_kg.run_cold_k(args)
+    settings = out["provenance"]["settings"]
+    towers = settings["towers"]
+    assert [t["model"]["top_layers"] for t in towers.values()] == [0, 1]
+    assert towers["k1"]["model"]["adapter"] == "lora"
+    assert all(t["model"]["id_residual"] for t in towers.values())
+    assert settings["train"]["batch_size"] == 64 and settings["train"]["epochs"] == 1
+    for figs in (out, out["k0_same_training"]):
+        for m in bench_kg.COLD_K_METHODS:
+            assert 0.0 <= figs[m]["hr@10"] <= 1.0 and 0.0 <= figs[m]["recall@20"] <= 1.0
+    assert out["hr@10"] == out["text+kg"]["hr@10"]
+    assert sorted((tmp_path / "work").glob("cold-ml-100k-id-k*.pt")) != []  # each tower cached
+    json.dumps(out)

@@ -230,6 +230,8 @@ def test_bench_core_ad_hoc_run_leaves_results_alone(
     data = json.loads((results / "summary.json").read_text())
     assert data["runs"]["fed"] == {"hr@10": 0.7}  # other keys kept
     assert data["runs"]["mostpop"]["hr@10"] == ad_hoc["runs"]["mostpop"]["hr@10"]  # the same run, now documented
+    machine = data["runs"]["mostpop"]["provenance"]["machine"]  # what its speed depends on
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and isinstance(machine["bf16_native"], bool)
     assert (results / "README.md").exists()
 
     # another dataset: under datasets.<name>. of results/summary.json, the top level unchanged
