@@ -602,7 +602,9 @@ def run_cold_k(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     var = next(v for v in COLD_VARIANTS if v.name == COLD_K_VARIANT)
-    base = ModelConfig(backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history")
+    base = ModelConfig(
+        backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history"
+    )
     train = dataclasses.replace(TrainConfig(seed=0), **K_TRAIN)
     setup: _ColdSetup | None = None
     figures: dict[int, dict[str, Any]] = {}
