@@ -40,6 +40,8 @@ bench: install  ## all benchmarks at their documented settings; figures go to re
 	$(BIN)/fedxrec bench fed --presets fed-k1-base,fed-k1
 	$(BIN)/fedxrec bench kg --checkpoint results/fed/fed/best
 	$(BIN)/fedxrec bench kg --parts cold-k1 --threads 2
+	$(BIN)/fedxrec bench fed --presets fed-cold
+	$(BIN)/fedxrec bench kg --parts cold-fed
 	$(BIN)/fedxrec bench dp --parts presets,curve,ablation
 	$(BIN)/fedxrec bench api
 	$(BIN)/fedxrec bench sim

@@ -183,7 +183,9 @@ def run_federated(grid: Grid, rc: ServerRunConfig, prep: Prepared | None = None)
     rewrite_log(log_path, rows)
     if not start:
         clear_best(out)  # a best-round checkpoint of an earlier run of this name
-    settings = {"num-server-rounds": rc.num_rounds, **to_flat(rc.fed, "fed"), **to_flat(rc.model, "model")}
+    # the data keys name the split the run trained on (a cold-start benchmark of its checkpoint checks them)
+    data = {k: v for k, v in to_flat(rc.core.data, "data").items() if k not in ("data.dir", "data.cache-dir")}
+    settings = {"num-server-rounds": rc.num_rounds, **data, **to_flat(rc.fed, "fed"), **to_flat(rc.model, "model")}
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     if start >= rc.num_rounds:
         flog(INFO, "run %s already finished %d rounds (checkpoint %s)", rc.fed.run_name, start, ckpt_dir)

@@ -71,7 +71,7 @@ from kg.errors import NoNeighboursError
 from kg.paths import PathScoring
 from kg.schema import RELATION_WEIGHTS
 from shared.central import train_central
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from shared.config import Config, DataConfig, ModelConfig, TrainConfig
 from shared.data import Dataset, load_dataset
 from shared.metrics import hit_rate, ndcg, rank_of_target, recall_at_k
@@ -453,17 +453,33 @@ class _ColdSetup:
     report_half: ColdHalf
 
 
+def _cold_data(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=COLD_FRACTION)
+
+
 def _cold_tower(
     args: argparse.Namespace, name: str, model: ModelConfig, train: TrainConfig, setup: _ColdSetup | None
 ) -> tuple[dict[str, Any], ColdScorer, _ColdSetup]:
     """Train (or reload) one tower on the cold split and choose each method's knobs on the tuning half."""
-    data = DataConfig(dataset=args.dataset, dir=args.data_dir, cache_dir=args.cache_dir, cold_fraction=COLD_FRACTION)
     cm, split, ds = train_cold(
-        Config(data=data, model=model, train=train),
+        Config(data=_cold_data(args), model=model, train=train),
         cache=Path(args.work_dir) / f"cold-{args.dataset}-{name}.pt",
         retrain=args.retrain,
         budget_s=60 * args.budget_min,
     )
+    return _tune_tower(args, name, model, cm, split, ds, setup)
+
+
+def _tune_tower(
+    args: argparse.Namespace,
+    name: str,
+    model: ModelConfig,
+    cm: ColdModel,
+    split: Split,
+    ds: Dataset,
+    setup: _ColdSetup | None,
+) -> tuple[dict[str, Any], ColdScorer, _ColdSetup]:
+    """Each method's knobs for one trained tower, chosen on the tuning half (``setup``: built if None)."""
     assert split.cold_items is not None
     if setup is None:  # the same split, graph and halves for every tower
         cold_rows = np.sort(split.cold_items)
@@ -493,11 +509,11 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {}
     scorers: dict[str, ColdScorer] = {}
     setup: _ColdSetup | None = None
-    for var in COLD_VARIANTS:
+    for spec in COLD_VARIANTS:
         model = ModelConfig(
-            backbone=args.backbone, id_residual=var.id_residual, id_dropout=var.id_dropout, user_mode="history"
+            backbone=args.backbone, id_residual=spec.id_residual, id_dropout=spec.id_dropout, user_mode="history"
         )
-        variants[var.name], scorers[var.name], setup = _cold_tower(args, var.name, model, train, setup)
+        variants[spec.name], scorers[spec.name], setup = _cold_tower(args, spec.name, model, train, setup)
     assert setup is not None
     split, tune_half, report_half = setup.split, setup.tune_half, setup.report_half
 
@@ -633,6 +649,75 @@ def run_cold_k(args: argparse.Namespace) -> dict[str, Any]:
     }
     out["provenance"] = provenance(settings)
     log.info("cold k1 figures: %s", {k: v for k, v in out.items() if k != "provenance"})
+    return out
+
+
+#: the federated preset whose best round ``cold.fed`` scores (trained on the same cold split)
+COLD_FED_PRESET = "fed-cold"
+
+
+def cold_from_checkpoint(ckpt: Checkpoint, split: Split, where: Path) -> ColdModel:
+    """A federated checkpoint as the cold benchmark scores it, as the API would serve it.
+
+    Its item vectors (a cold row's is the text tower's: the run never trained on it) and biases, and
+    each user's history-only vector (train items + validation item) by :class:`ServingModel` (the
+    personal vector stays on the device). The checkpoint must have trained on this cold split, without
+    an ID residual (a cold row's would be untrained, and is fused into the saved vectors).
+    """
+    settings = ckpt.meta.get("settings", {})
+    assert split.cold_items is not None
+    want = {"data.cold-fraction": COLD_FRACTION, "data.split-seed": 0}
+    for key, value in want.items():
+        if key not in settings:
+            raise CheckpointError(f"{where}: its settings do not record {key} (made before they did: rerun it)")
+        if settings[key] != value:
+            raise CheckpointError(
+                f"{where}: trained with {key} = {settings[key]}, the cold benchmark's split needs {value}"
+            )
+    if ckpt.config.id_residual:
+        raise CheckpointError(f"{where}: has an ID residual (model.id-residual): a cold row's would be untrained")
+    if len(ckpt.item_ids) != split.num_items:
+        raise CheckpointError(f"{where}: {len(ckpt.item_ids)} items, the dataset has {split.num_items}")
+    serving = ServingModel(ckpt)
+    users = np.stack(
+        [
+            serving.user_vector(np.append(split.train[u], split.val[u]) if split.val[u] >= 0 else split.train[u])
+            for u in range(split.num_users)
+        ]
+    ).astype(np.float32)
+    return ColdModel(serving.vectors, serving.bias, users, serving.scale, {"checkpoint": str(where), **ckpt.meta})
+
+
+def run_cold_fed(args: argparse.Namespace) -> dict[str, Any]:
+    """``cold.fed``: the cold-start benchmark (``cold.*``'s protocol and halves) on a federated checkpoint."""
+    t0 = time.perf_counter()
+    where = Path(args.cold_checkpoint or options.preset_checkpoint(COLD_FED_PRESET, args.dataset))
+    if not (where / "fedxrec.json").exists():
+        raise CheckpointError(
+            f"{where}: no checkpoint; train it with fedxrec bench fed --presets {COLD_FED_PRESET}"
+            + ("" if args.dataset == "ml-100k" else f" --dataset {args.dataset}")
+        )
+    ckpt = load_checkpoint(where)
+    prep = prepare(Config(data=_cold_data(args), model=ckpt.config), progress=False)
+    cm = cold_from_checkpoint(ckpt, prep.split, where)
+    tower, scorer, setup = _tune_tower(args, "fed", ckpt.config, cm, prep.split, prep.dataset, None)
+    half = setup.report_half
+    ev = ColdEval(setup.split, tower.pop("cm"), half.rows, half.users, half.negatives)
+    out: dict[str, Any] = {m: _figures(ev, half, *scorer(tower["tuning_half"][m])) for m in COLD_K_METHODS}
+    settings = {
+        "checkpoint": str(where),
+        "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if k != "settings"},
+        "tower": tower,
+        "cold_fraction": COLD_FRACTION,
+        "users_vectors": "ServingModel.user_vector of train items + validation item (history only, as served)",
+        "about": "cold.*'s protocol (knobs on the tuning half, figures on the report half) on the best round of "
+        f"the {COLD_FED_PRESET} preset, trained federated on the same cold split",
+        "users": {"tuning": len(setup.tune_half.users), "report": len(half.users)},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "seed": args.seed,
+    }
+    out["provenance"] = provenance(settings)
+    log.info("cold fed figures: %s", {k: v for k, v in out.items() if k != "provenance"})
     return out
 
 
@@ -877,6 +962,8 @@ def run(args: argparse.Namespace) -> int:
             out.merge({part: fn(args)})
     if "cold-k1" in args.parts:
         out.replace(["cold", "k1"], run_cold_k(args))
+    if "cold-fed" in args.parts:
+        out.replace(["cold", "fed"], run_cold_fed(args))
     out.readme()
     return 0
 

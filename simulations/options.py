@@ -39,7 +39,7 @@ CORE_RUNS = (
 )
 CORE_DEFAULT_RUNS = ("mostpop", "bprmf-central", "central", "central-idres", "central-textonly", "cost")
 CENTRAL_RUNS = ("mostpop", "bprmf-central", "central")
-KG_PARTS = ("cold", "explain", "cold-k1")
+KG_PARTS = ("cold", "explain", "cold-k1", "cold-fed")
 KG_DEFAULT_PARTS = ("cold", "explain")
 DP_PARTS = ("presets", "curve", "ablation")
 AUDIT_PARTS = ("mia", "leak", "replay", "faults")
@@ -49,7 +49,7 @@ _COMMON = {"dataset", "data_dir", "threads", "no_write", "results"}
 NEUTRAL: dict[str, set[str]] = {
     "core": _COMMON | {"runs", "checkpoint"},
     "central": _COMMON | {"checkpoint"},
-    "kg": _COMMON | {"parts", "cache_dir", "work_dir", "retrain", "train_if_missing", "checkpoint"},
+    "kg": _COMMON | {"parts", "cache_dir", "work_dir", "retrain", "train_if_missing", "checkpoint", "cold_checkpoint"},
     "fed": _COMMON | {"presets", "dp_overhead_only"},
     "dp": _COMMON | {"presets", "parts"},
     "api": _COMMON | {"checkpoint", "server_log", "cache_dir", "p1_only"},
@@ -166,12 +166,19 @@ def add_kg(p: argparse.ArgumentParser) -> None:
         "--parts",
         type=csv_of(KG_PARTS, "parts"),
         default=",".join(KG_DEFAULT_PARTS),
-        help="cold, explain (default), cold-k1 (cold.k1: the cold benchmark at model.top-layers = 1, ~40 min)",
+        help="cold, explain (default), cold-k1 (cold.k1: the cold benchmark at model.top-layers = 1, ~40 min), "
+        "cold-fed (cold.fed: on the fed-cold preset's best round, see --cold-checkpoint)",
     )
     p.add_argument("--cache-dir", default=".cache/fedxrec", help="split and item-prefix cache")
     p.add_argument("--backbone", default="minilm", help="backbone of models trained here")
     p.add_argument(
         "--checkpoint", default="", help="checkpoint explained (default: the central run's, see fedxrec central)"
+    )
+    p.add_argument(
+        "--cold-checkpoint",
+        default="",
+        help="checkpoint of --parts cold-fed, trained on the cold split (default: fedxrec bench fed --presets "
+        "fed-cold's best round, results/fed/fed-cold/best)",
     )
     p.add_argument("--train-if-missing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs of the central model if it must be trained")
@@ -357,6 +364,13 @@ def resolve_data_dir(data_dir: str) -> Path:
 def default_checkpoint(dataset: str) -> Path:
     """Where ``fedxrec central`` leaves the central model of ``dataset`` (what kg/api/serve read)."""
     return Path("runs") / ("central" if dataset == DEFAULT_DATASET else f"central-{dataset}") / "checkpoint"
+
+
+def preset_checkpoint(preset: str, dataset: str) -> Path:
+    """The best round of ``fedxrec bench fed --presets <preset>`` on ``dataset`` (results/fed/...)."""
+    from simulations.results import RESULTS
+
+    return RESULTS / "fed" / (preset if dataset == DEFAULT_DATASET else f"{dataset}-{preset}") / "best"
 
 
 def served_checkpoint(dataset: str) -> Path:

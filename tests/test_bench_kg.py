@@ -11,8 +11,10 @@ import pytest
 from conftest import write_tiny_ml100k
 
 import kg
-from shared.config import ENTITY_RERANK
+from shared.checkpoint import save_checkpoint
+from shared.config import ENTITY_RERANK, Config, ModelConfig
 from shared.data import load_ml100k
+from shared.pipeline import build_model, prepare
 from shared.splits import Split
 from simulations import bench_kg
 
@@ -269,3 +271,38 @@ def test_cold_k1_trains_both_towers_alike_and_reports_the_top_layer_one(
     assert out["hr@10"] == out["text+kg"]["hr@10"]
     assert sorted((tmp_path / "work").glob("cold-ml-100k-id-k*.pt")) != []  # each tower cached
     json.dumps(out)
+
+
+def test_cold_fed_scores_a_checkpoint_of_the_cold_split_and_refuses_any_other(
+    tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.errors import CheckpointError
+
+    args = _cold_args(_cold_data(tmp_path / "data"), tiny_bert, tmp_path)
+    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
+    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
+    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None,))
+    cfg = Config(data=bench_kg._cold_data(args), model=ModelConfig(backbone=tiny_bert, user_mode="history"))
+    prep = prepare(cfg, progress=False)
+    model = build_model(cfg.model, prep, prep.split.num_users, seed=0)
+    ids = prep.dataset.catalogue.ids
+    settings = {"data.cold-fraction": bench_kg.COLD_FRACTION, "data.split-seed": 0}
+    good = save_checkpoint(model, ids, tmp_path / "fed-cold", meta={"round": 3, "settings": settings})
+    args.cold_checkpoint = str(good)
+    out = bench_kg.run_cold_fed(args)
+    for m in bench_kg.COLD_K_METHODS:
+        assert 0.0 <= out[m]["hr@10"] <= 1.0 and 0.0 <= out[m]["recall@20"] <= 1.0
+    assert out["provenance"]["settings"]["checkpoint_meta"]["round"] == 3
+    json.dumps(out)
+
+    # a checkpoint of another split (or one that does not say) is refused, naming it
+    for name, meta in (
+        ("p1", {"settings": {**settings, "data.cold-fraction": 0.0}}),
+        ("old", {"settings": {}}),
+    ):
+        args.cold_checkpoint = str(save_checkpoint(model, ids, tmp_path / name, meta=meta))
+        with pytest.raises(CheckpointError, match=name):
+            bench_kg.run_cold_fed(args)
+    args.cold_checkpoint = str(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="bench fed --presets fed-cold"):
+        bench_kg.run_cold_fed(args)

@@ -61,7 +61,9 @@ def test_simulation_logs_metrics_checkpoints_and_resumes(fed_config: dict) -> No
         assert 0 <= r["central"]["test-ndcg@10"] <= 1 and "eval" not in r and "epsilon" not in r
         assert 0 < r["train"]["upload-bytes-per-client"]
     assert (out / "rounds.png").stat().st_size > 0
-    assert json.loads((out / "checkpoint" / "fedxrec.json").read_text())["meta"]["round"] == 2
+    meta = json.loads((out / "checkpoint" / "fedxrec.json").read_text())["meta"]
+    assert meta["round"] == 2
+    assert meta["settings"]["data.cold-fraction"] == 0.0 and "data.dir" not in meta["settings"]  # the split it saw
     assert json.loads((out / "summary.json").read_text())["best-selected-by"].startswith("federated")
 
     # one more round resumes from the round-2 checkpoint instead of starting over
