@@ -32,6 +32,12 @@ items plus the validation item.
 Each variant's trained model is cached in ``--work-dir`` (``cold-<dataset>-<variant>.pt``); four
 trainings take about 11 minutes on ml-100k (2 threads).
 
+``--parts cold-k1`` (``cold.k1``): the same protocol for one tower (:data:`COLD_K_VARIANT`) with
+MiniLM's top layer fine-tuned (``fed-k1``'s LoRA), against its k = 0 twin (``cold.k1.k0_same_training``),
+both trained with ``bench_core.K_TRAIN``. ``--parts cold-fed`` (``cold.fed``): the same protocol on
+the best round of the federated ``fed-cold`` preset (``fedxrec bench fed --presets fed-cold``, the same
+cold split), its users' vectors from their histories as the API serves them.
+
 **Explanations** (``explain.*``): for every ml-100k P1 test user, the checkpoint's top-10 over
 items not in the history (training items + validation item), explained by :class:`kg.PathExplainer`
 (output equal to :func:`kg.explain_items`) with a cosine similarity of the checkpoint's item vectors,
@@ -47,7 +53,7 @@ of the test item before and after), and the same re-ranking toward items whose f
 through a person or a company, at a few weights (``explain.rerank_entity``: entity share,
 Fidelity@10 without coarse links and NDCG@10/HR@10 after; the before figures are ``rerank``'s).
 
-Usage: ``fedxrec bench kg [--checkpoint PATH] [--dataset NAME] [--data-dir DIR] [--parts cold,explain]``
+Usage: ``fedxrec bench kg [--checkpoint PATH] [--dataset NAME] [--data-dir DIR] [--parts cold,explain,cold-k1,cold-fed]``
 (or ``python -m simulations.bench_kg``).
 """
 
