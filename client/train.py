@@ -26,7 +26,15 @@ from shared.errors import ConfigError
 from shared.metrics import rank_of_target
 from shared.model import PERSONAL_PREFIXES, Recommender
 from shared.splits import Split
-from shared.training import Sequences, eval_histories, make_batch, sample_losses, session_losses, sessions
+from shared.training import (
+    Sequences,
+    eval_histories,
+    make_batch,
+    sample_losses,
+    sample_negatives,
+    session_losses,
+    sessions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +98,16 @@ def plain_batch(
     negatives: int,
     num_items: int,
     rng: np.random.Generator,
+    pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One non-private batch: candidates (B, 1 + M) and the history (B, L) before each sample.
 
-    Each row of candidates is the sample's target, then ``M`` negatives shared by the batch; the
-    history is ``None`` without ``history_len``.
+    Each row of candidates is the sample's target, then ``M`` negatives shared by the batch, uniform
+    over the catalogue or over ``pool`` (:meth:`Split.negative_pool`); the history is ``None`` without
+    ``history_len``.
     """
     pos = seqs.targets(users, steps)
-    neg = rng.integers(0, num_items, size=negatives)  # shared by the batch (not under DP)
+    neg = sample_negatives(rng, (negatives,), num_items, pool)  # shared by the batch (not under DP)
     cand = np.concatenate([pos[:, None], np.broadcast_to(neg, (len(users), len(neg)))], axis=1)
     hist = seqs.history(users, steps, history_len) if history_len is not None else None
     return cand, hist
@@ -134,6 +144,7 @@ def train_plain(
     anchor = {k: v.clone() for k, v in model.shared_state().items()}
     opt = local_optimizer(model, lcfg)
     hist_len = model.cfg.history_len if model.cfg.user_mode == "history" else None
+    pool = data.split.negative_pool()
     model.train()
     total, n, nsteps = 0.0, 0, 0
     for _ in range(lcfg.epochs):
@@ -148,6 +159,7 @@ def train_plain(
                 negatives=tcfg.negatives,
                 num_items=data.num_items,
                 rng=rng,
+                pool=pool,
             )
             scores = subset_scores(model, users[idx], hist, cand)
             loss = sample_losses(scores, tcfg.loss, tcfg.temperature).mean()
@@ -216,6 +228,7 @@ class DPSamples:
     steps: np.ndarray  # (S,) and time step
     sessions: np.ndarray | None = None  # (S, cap) session samples, -1 padded
     session_owner: np.ndarray | None = None  # (S,) user position of each session
+    pool: np.ndarray | None = None  # rows negatives are drawn from (None: all; Split.negative_pool)
 
     def owners(self) -> np.ndarray:
         """The user position of every sample (S,)."""
@@ -236,7 +249,7 @@ class DPSamples:
     ) -> torch.Tensor:
         """Per-sample losses (B,) of samples ``idx``, through the per-sample-gradient module ``gsm``."""
         if self.sessions is not None:
-            neg = torch.as_tensor(rng.integers(0, num_items, size=(len(idx), tcfg.negatives)))
+            neg = torch.as_tensor(sample_negatives(rng, (len(idx), tcfg.negatives), num_items, self.pool))
             return session_losses(model, torch.as_tensor(self.sessions[idx]), neg, tcfg.temperature)
         b = make_batch(
             self.seqs,
@@ -246,6 +259,7 @@ class DPSamples:
             negatives=tcfg.negatives,
             num_items=num_items,
             rng=rng,
+            pool=self.pool,
         )
         return sample_losses(gsm(b["users"], None, b["candidates"]), tcfg.loss, tcfg.temperature)
 
@@ -273,8 +287,8 @@ def dp_samples(split: Split, pcfg: PrivacyConfig, *, one_device_per_user: bool =
     users, steps = seqs.samples()
     if pcfg.sample == "session":
         rows, owner = sessions(lists, ts_lists, seconds=pcfg.session_seconds, cap=pcfg.session_cap)
-        return DPSamples(seqs, users, steps, rows, owner)
-    return DPSamples(seqs, users, steps)
+        return DPSamples(seqs, users, steps, rows, owner, pool=split.negative_pool())
+    return DPSamples(seqs, users, steps, pool=split.negative_pool())
 
 
 def _per_sample_grads(

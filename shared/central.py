@@ -57,11 +57,7 @@ def train_central(
         [p for p in model.parameters() if p.requires_grad], lr=tcfg.lr, weight_decay=tcfg.weight_decay
     )
     seqs = Sequences.from_lists(split.train)
-    pool = None
-    if split.cold_items is not None:  # negatives only from warm items: cold ones never appear in training
-        warm = np.ones(split.num_items, bool)
-        warm[split.cold_items] = False
-        pool = np.flatnonzero(warm)
+    pool = split.negative_pool()  # a cold-start split: negatives only from warm items
     best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] = (-1.0, -1, {}, {})
     curve = []
     for epoch in range(tcfg.epochs):

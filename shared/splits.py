@@ -50,6 +50,17 @@ class Split:
     def num_users(self) -> int:
         return int(self.users.shape[0])
 
+    def negative_pool(self) -> np.ndarray | None:
+        """The rows training may draw negatives from: the warm items on a cold-start split, else None (all).
+
+        A cold item never appears in training, as a positive or as a negative (central and federated alike).
+        """
+        if self.cold_items is None:
+            return None
+        warm = np.ones(self.num_items, bool)
+        warm[self.cold_items] = False
+        return np.flatnonzero(warm)
+
     def num_train(self) -> int:
         return int(sum(len(t) for t in self.train))
 

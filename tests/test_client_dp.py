@@ -262,3 +262,34 @@ def test_session_losses_give_exact_per_session_gradients() -> None:
         )
         for (n, _), g in zip(named.items(), ref, strict=True):
             torch.testing.assert_close(per_sample[n][i], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_cold_items_are_never_a_training_negative_on_a_device() -> None:
+    """On the cold-start split a device draws negatives from warm items only, plain and under DP (as central)."""
+    import client.train as ct
+
+    data = _tiny_node(lengths=(30, 25))
+    cold = np.arange(20, 40)
+    data = NodeData(replace(data.split, cold_items=cold), data.cache, None)
+    pool = data.split.negative_pool()
+    assert pool is not None and set(pool.tolist()) == set(range(20))
+    seen: list[np.ndarray] = []
+    scores = ct.subset_scores
+
+    def spy(model: Recommender, users: np.ndarray, hist: np.ndarray | None, cand: np.ndarray) -> torch.Tensor:
+        seen.append(cand[:, 1:])  # the negatives (column 0 is the sample's own item)
+        return scores(model, users, hist, cand)
+
+    model = Recommender(replace(MCFG, user_mode="history"), data.cache, 2)
+    lcfg = LocalConfig(epochs=3, batch_size=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ct, "subset_scores", spy)
+        ct.train_plain(model, data, lcfg=lcfg, tcfg=TrainConfig(negatives=16), rng=np.random.default_rng(0))
+    negs = np.concatenate([s.ravel() for s in seen])
+    assert len(negs) > 500 and not np.isin(negs, cold).any()
+    # under DP: the per-sample batches and the session samples draw from the same pool
+    for sample in ("interaction", "session"):
+        samples = ct.dp_samples(data.split, _dp(sample=sample))
+        assert samples.pool is not None and not np.isin(samples.pool, cold).any()
+    # without a cold split nothing is excluded
+    assert _tiny_node().split.negative_pool() is None
