@@ -35,7 +35,7 @@ central: install  ## the centralised reference run and the baselines
 
 bench: install  ## all benchmarks at their documented settings; figures go to results/
 	$(BIN)/fedxrec bench core
-	$(BIN)/fedxrec bench core --runs central-k0,central-k1 --threads 2
+	$(BIN)/fedxrec bench core --runs central-k0,central-k1,central-k2 --threads 2
 	$(BIN)/fedxrec bench fed
 	$(BIN)/fedxrec bench fed --presets fed-k1-base,fed-k1
 	$(BIN)/fedxrec bench kg --checkpoint results/fed/fed/best
