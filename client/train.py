@@ -285,10 +285,11 @@ def dp_samples(split: Split, pcfg: PrivacyConfig, *, one_device_per_user: bool =
         ts_lists = [np.asarray(t)[k] for t, k in zip(ts_lists, keep, strict=True)]
     seqs = Sequences.from_lists(lists)
     users, steps = seqs.samples()
+    pool = split.negative_pool()
     if pcfg.sample == "session":
         rows, owner = sessions(lists, ts_lists, seconds=pcfg.session_seconds, cap=pcfg.session_cap)
-        return DPSamples(seqs, users, steps, rows, owner, pool=split.negative_pool())
-    return DPSamples(seqs, users, steps, pool=split.negative_pool())
+        return DPSamples(seqs, users, steps, rows, owner, pool=pool)
+    return DPSamples(seqs, users, steps, pool=pool)
 
 
 def _per_sample_grads(

@@ -92,6 +92,8 @@ from simulations.results import provenance
 log = logging.getLogger("fedxrec.bench_kg")
 
 COLD_METHODS = ("random", "text", "kg", "text+kg")
+#: the methods ``cold.k1`` and ``cold.fed`` report (for one tower each)
+COLD_K_METHODS = ("text", "kg", "text+kg")
 COLD_FRACTION = 0.2  # of the catalogue's items, never seen in training
 ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 BIAS_WEIGHTS: tuple[float | None, ...] = (None, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -451,7 +453,6 @@ class _ColdSetup:
     """What every tower of one cold-start benchmark shares: the split, the warm graph, the two halves."""
 
     split: Split
-    dataset: Dataset
     graph: Any
     cold_rows: np.ndarray
     warm_rows: np.ndarray
@@ -493,7 +494,7 @@ def _tune_tower(
         is_cold[cold_rows] = True
         tune_half, report_half = cold_item_halves(split, cold_rows, args.seed)
         setup = _ColdSetup(
-            split, ds, cold_graph(ds, cold_rows), cold_rows, np.flatnonzero(~is_cold), tune_half, report_half
+            split, cold_graph(ds, cold_rows), cold_rows, np.flatnonzero(~is_cold), tune_half, report_half
         )
     tune = ColdEval(split, cm, setup.tune_half.rows, setup.tune_half.users, setup.tune_half.negatives)
     scorer = ColdScorer(cm, setup.graph, ds, setup.cold_rows, setup.warm_rows)
@@ -507,6 +508,13 @@ def _tune_tower(
         "cm": cm,
     }
     return var, scorer, setup
+
+
+def _report_figures(setup: _ColdSetup, tower: dict[str, Any], scorer: ColdScorer) -> dict[str, Any]:
+    """Each of :data:`COLD_K_METHODS` at its tuning-half knobs, on the report half (the tower's model leaves it)."""
+    half = setup.report_half
+    ev = ColdEval(setup.split, tower.pop("cm"), half.rows, half.users, half.negatives)
+    return {m: _figures(ev, half, *scorer(tower["tuning_half"][m])) for m in COLD_K_METHODS}
 
 
 def run_cold(args: argparse.Namespace) -> dict[str, Any]:
@@ -609,7 +617,6 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
 #: The tower of ``cold.k1`` (and of its k = 0 twin): :data:`COLD_VARIANTS`' ``id`` (an ID residual, not
 #: dropped), the variant the k = 0 run chose on its tuning half for ``text`` and ``text+kg``.
 COLD_K_VARIANT = "id"
-COLD_K_METHODS = ("text", "kg", "text+kg")
 
 
 def run_cold_k(args: argparse.Namespace) -> dict[str, Any]:
@@ -634,9 +641,7 @@ def run_cold_k(args: argparse.Namespace) -> dict[str, Any]:
     for k in (0, 1):
         name = f"{COLD_K_VARIANT}-k{k}-b{train.batch_size}-e{train.epochs}"
         tower, scorer, setup = _cold_tower(args, name, k_model(base, k), train, setup)
-        half = setup.report_half
-        ev = ColdEval(setup.split, tower.pop("cm"), half.rows, half.users, half.negatives)
-        figures[k] = {m: _figures(ev, half, *scorer(tower["tuning_half"][m])) for m in COLD_K_METHODS}
+        figures[k] = _report_figures(setup, tower, scorer)
         towers[f"k{k}"] = tower
         log.info("cold k=%d figures on the report half: %s", k, figures[k])
     assert setup is not None
@@ -707,9 +712,7 @@ def run_cold_fed(args: argparse.Namespace) -> dict[str, Any]:
     prep = prepare(Config(data=_cold_data(args), model=ckpt.config), progress=False)
     cm = cold_from_checkpoint(ckpt, prep.split, where)
     tower, scorer, setup = _tune_tower(args, "fed", ckpt.config, cm, prep.split, prep.dataset, None)
-    half = setup.report_half
-    ev = ColdEval(setup.split, tower.pop("cm"), half.rows, half.users, half.negatives)
-    out: dict[str, Any] = {m: _figures(ev, half, *scorer(tower["tuning_half"][m])) for m in COLD_K_METHODS}
+    out: dict[str, Any] = _report_figures(setup, tower, scorer)
     settings = {
         "checkpoint": str(where),
         "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if k != "settings"},
@@ -718,7 +721,7 @@ def run_cold_fed(args: argparse.Namespace) -> dict[str, Any]:
         "users_vectors": "ServingModel.user_vector of train items + validation item (history only, as served)",
         "about": "cold.*'s protocol (knobs on the tuning half, figures on the report half) on the best round of "
         f"the {COLD_FED_PRESET} preset, trained federated on the same cold split",
-        "users": {"tuning": len(setup.tune_half.users), "report": len(half.users)},
+        "users": {"tuning": len(setup.tune_half.users), "report": len(setup.report_half.users)},
         "seconds": round(time.perf_counter() - t0, 1),
         "seed": args.seed,
     }

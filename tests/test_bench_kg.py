@@ -246,17 +246,22 @@ def test_cold_run_chooses_variants_and_knobs_without_the_report_half(
     assert moved["provenance"]["settings"]["variants"] != plain["variants"]
 
 
+def _one_tower_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smallest grid of each kind of knob (one tower's tests): quick, and every prior kind still tried."""
+    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
+    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))  # None: the text fallback's key
+    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None,))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_WEIGHTS", (0.5,))
+    monkeypatch.setattr(bench_kg, "RESIDUAL_ALPHAS", (1.0,))
+
+
 def test_cold_k1_trains_both_towers_alike_and_reports_the_top_layer_one(
     tmp_path: Path, tiny_bert: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from simulations import bench_core
 
     args = _cold_args(_cold_data(tmp_path / "data"), tiny_bert, tmp_path)
-    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
-    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
-    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None,))
-    monkeypatch.setattr(bench_kg, "RESIDUAL_WEIGHTS", (0.5,))
-    monkeypatch.setattr(bench_kg, "RESIDUAL_ALPHAS", (1.0,))
+    _one_tower_grid(monkeypatch)
     monkeypatch.setattr(bench_core, "K_TRAIN", {"batch_size": 64, "epochs": 1})
     out = bench_kg.run_cold_k(args)
     settings = out["provenance"]["settings"]
@@ -279,9 +284,7 @@ def test_cold_fed_scores_a_checkpoint_of_the_cold_split_and_refuses_any_other(
     from shared.errors import CheckpointError
 
     args = _cold_args(_cold_data(tmp_path / "data"), tiny_bert, tmp_path)
-    monkeypatch.setattr(bench_kg, "ALPHAS", (0.0, 0.5, 1.0))
-    monkeypatch.setattr(bench_kg, "NEIGHBOUR_CAPS", (5, None))
-    monkeypatch.setattr(bench_kg, "BIAS_WEIGHTS", (None,))
+    _one_tower_grid(monkeypatch)
     cfg = Config(data=bench_kg._cold_data(args), model=ModelConfig(backbone=tiny_bert, user_mode="history"))
     prep = prepare(cfg, progress=False)
     model = build_model(cfg.model, prep, prep.split.num_users, seed=0)
