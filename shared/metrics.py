@@ -8,11 +8,12 @@ import numpy as np
 def rank_of_target(scores: np.ndarray, target_col: int = 0) -> np.ndarray:
     """0-based rank of column ``target_col`` in each row of ``scores`` (B, C).
 
-    Ties count against the target (pessimistic), so a constant scorer gets no credit.
+    Ties count against the target (pessimistic), so a constant scorer gets no credit; so does a NaN
+    score on either side, so a diverged model ranks every target last instead of first.
     """
     t = scores[:, target_col : target_col + 1]
     others = np.delete(scores, target_col, axis=1)
-    return (others >= t).sum(axis=1)
+    return ((others >= t) | np.isnan(others) | np.isnan(t)).sum(axis=1)
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:

@@ -28,3 +28,13 @@ def test_recall_and_ndcg_at_k_by_hand() -> None:
 def test_constant_scorer_gets_nothing() -> None:
     ranks = rank_of_target(np.zeros((4, 100)))
     assert hit_rate(ranks, 10) == 0.0
+
+
+def test_nan_scores_rank_the_target_last_not_first():
+    # a diverged model (NaN scores) must not score HR@10 = 1.0
+    ranks = rank_of_target(np.full((3, 100), np.nan))
+    assert ranks.tolist() == [99, 99, 99]
+    assert hit_rate(ranks, 10) == 0.0
+    one_nan = np.arange(100, dtype=float)[None, ::-1].copy()  # target best
+    one_nan[0, 5] = np.nan
+    assert rank_of_target(one_nan).tolist() == [1]
