@@ -36,6 +36,11 @@ class LocalConfig:
     lr: float = 3e-3
     #: ``adam`` or ``sgd``; a fresh optimizer each round (no optimizer state is kept)
     optimizer: str = "adam"
+    #: non-private training: at most this many local steps per round (0: every batch of ``epochs``
+    #: passes). A capped node trains on a fresh random ``max_steps * batch_size`` of its samples each
+    #: round and reports those as its ``num-examples`` (the FedAvg weight), so a node with thousands
+    #: of interactions neither drifts far from the global model nor outweighs the cohort
+    max_steps: int = 0
     #: learning-rate multiplier of the personal vector (it is only trained on this node)
     personal_lr_scale: float = 1.0
     #: dtype of the uploaded shared parameters (``float16`` halves the upload)
@@ -46,6 +51,7 @@ class LocalConfig:
         _check(self.batch_size > 0, "local.batch-size", f"must be > 0, got {self.batch_size}")
         _check(self.lr > 0, "local.lr", f"must be > 0, got {self.lr}")
         _check(self.optimizer in ("adam", "sgd"), "local.optimizer", f"adam|sgd, got {self.optimizer!r}")
+        _check(self.max_steps >= 0, "local.max-steps", f"must be >= 0, got {self.max_steps}")
         _check(self.personal_lr_scale > 0, "local.personal-lr-scale", f"must be > 0, got {self.personal_lr_scale}")
         _check(
             self.upload_dtype in ("float16", "float32"),

@@ -147,30 +147,35 @@ def train_plain(
     pool = data.split.negative_pool()
     model.train()
     total, n, nsteps = 0.0, 0, 0
-    for _ in range(lcfg.epochs):
-        order = rng.permutation(len(users))
-        for s in range(0, len(order), lcfg.batch_size):
-            idx = order[s : s + lcfg.batch_size]
-            cand, hist = plain_batch(
-                seqs,
-                users[idx],
-                steps[idx],
-                history_len=hist_len,
-                negatives=tcfg.negatives,
-                num_items=data.num_items,
-                rng=rng,
-                pool=pool,
-            )
-            scores = subset_scores(model, users[idx], hist, cand)
-            loss = sample_losses(scores, tcfg.loss, tcfg.temperature).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
-            nsteps += 1
-    return LocalResult(total / max(n, 1), len(users), nsteps)
+    batches = [
+        order[s : s + lcfg.batch_size]
+        for order in (rng.permutation(len(users)) for _ in range(lcfg.epochs))
+        for s in range(0, len(order), lcfg.batch_size)
+    ]
+    if lcfg.max_steps:
+        batches = batches[: lcfg.max_steps]
+    used = len(np.unique(np.concatenate(batches))) if batches else 0
+    for idx in batches:
+        cand, hist = plain_batch(
+            seqs,
+            users[idx],
+            steps[idx],
+            history_len=hist_len,
+            negatives=tcfg.negatives,
+            num_items=data.num_items,
+            rng=rng,
+            pool=pool,
+        )
+        scores = subset_scores(model, users[idx], hist, cand)
+        loss = sample_losses(scores, tcfg.loss, tcfg.temperature).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _proximal_pull(model, anchor, proximal_mu, lcfg.lr)
+        total += float(loss.detach()) * len(idx)
+        n += len(idx)
+        nsteps += 1
+    return LocalResult(total / max(n, 1), used, nsteps)
 
 
 def _groups(model: nn.Module, pcfg: PrivacyConfig) -> dict[str, list[nn.Parameter]]:

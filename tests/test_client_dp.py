@@ -293,3 +293,27 @@ def test_cold_items_are_never_a_training_negative_on_a_device() -> None:
         assert samples.pool is not None and not np.isin(samples.pool, cold).any()
     # without a cold split nothing is excluded
     assert _tiny_node().split.negative_pool() is None
+
+
+def test_max_steps_caps_a_heavy_node_and_its_weight() -> None:
+    """local.max-steps: at most that many steps a round, and num-examples = the samples trained on."""
+    import client.train as ct
+
+    data = _tiny_node(num_items=80, lengths=(60, 45))  # 105 samples
+    model = Recommender(replace(MCFG, user_mode="history"), data.cache, 2)
+    tcfg = TrainConfig(negatives=8)
+    full = ct.train_plain(model, data, lcfg=LocalConfig(batch_size=8), tcfg=tcfg, rng=np.random.default_rng(0))
+    assert (full.steps, full.num_examples) == (14, 105)
+    before = {k: v.clone() for k, v in model.shared_state().items()}
+    capped = ct.train_plain(
+        model, data, lcfg=LocalConfig(batch_size=8, max_steps=3), tcfg=tcfg, rng=np.random.default_rng(1)
+    )
+    assert (capped.steps, capped.num_examples) == (3, 24)
+    assert any(not torch.equal(before[k], v) for k, v in model.shared_state().items())
+    # across epochs a sample counts once
+    two = ct.train_plain(
+        model, data, lcfg=LocalConfig(batch_size=64, epochs=3, max_steps=4), tcfg=tcfg, rng=np.random.default_rng(2)
+    )
+    assert two.steps == 4 and two.num_examples == 105
+    with pytest.raises(Exception, match="local.max-steps"):
+        LocalConfig(max_steps=-1)
