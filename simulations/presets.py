@@ -35,10 +35,7 @@ _DP: dict[str, Any] = {
 #: Local lr 0.003, chosen on validation HR@10 at round 60 of an in-process replica of this run on
 #: both datasets (ml-100k 0.694 against 0.663 at 0.01; ml-latest-small 0.603 against 0.451; 0.001
 #: and 0.03 lower on ml-100k; 5 local epochs, FedAdam and a larger server lr did not help).
-#: A cosine decay of the local lr (to 0.1x) and at most 8 local steps a round (a heavy node trains on
-#: 256 of its samples, weighted as 256), chosen on round-200 central validation HR@10 of the replica
-#: (python -m simulations.tune_fed): ml-latest-small 0.672 -> 0.713 (cosine) -> 0.752 (+ 8 steps; 4 steps
-#: 0.702 at round 100 against 0.705); ml-100k 0.725 -> 0.731 (cosine). A 10x or 30x personal lr did not help
+#: The presets measured on it keep it (fed-userdp, fed-k1, fed-k1-base, fed-cold)
 _PLAIN_V1: dict[str, Any] = {
     "dp.enabled": False,
     "local.optimizer": "adam",
@@ -47,6 +44,11 @@ _PLAIN_V1: dict[str, Any] = {
     "num-server-rounds": 200,
     "fed.eval-every": 20,
 }
+#: ``fed``: a cosine decay of the local lr (to 0.1x) and at most 8 local steps a round (a heavy node
+#: trains on 256 of its samples, weighted as 256), chosen on round-200 central validation HR@10 of the
+#: replica (python -m simulations.tune_fed): ml-latest-small 0.672 -> 0.713 (cosine) -> 0.752 (+ 8 steps;
+#: 4 steps 0.702 at round 100 against 0.705); ml-100k 0.725 -> 0.731 (cosine). A 10x or 30x personal lr
+#: did not help
 _PLAIN: dict[str, Any] = {**_PLAIN_V1, "local.max-steps": 8, "fed.lr-decay": "cosine"}
 #: DP-SGD across the federation over SecAgg+: each device adds 1/min-shares of one step's noise, and
 #: the cohort's secure sum is one central DP-SGD step over ~3,000 sessions, so the noise per example is

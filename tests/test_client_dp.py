@@ -16,6 +16,7 @@ from client.privacy import NodePrivacy, plan_noise, planned_participations
 from client.train import build_model, train_dp
 from shared.backbone import PrefixCache
 from shared.config import ModelConfig, TrainConfig
+from shared.errors import ConfigError
 from shared.model import Recommender
 from shared.splits import Split
 from shared.training import Sequences, make_batch, sample_losses
@@ -315,5 +316,5 @@ def test_max_steps_caps_a_heavy_node_and_its_weight() -> None:
         model, data, lcfg=LocalConfig(batch_size=64, epochs=3, max_steps=4), tcfg=tcfg, rng=np.random.default_rng(2)
     )
     assert two.steps == 4 and two.num_examples == 105
-    with pytest.raises(Exception, match="local.max-steps"):
+    with pytest.raises(ConfigError, match="local.max-steps"):
         LocalConfig(max_steps=-1)
