@@ -132,6 +132,12 @@ def parse_run_config(flat: Mapping[str, Any]) -> ClientRunConfig:
         out_dir=str(flat.get("fed.out-dir", "")),
     )
     check_dp_run(rc.model, rc.dp, secagg=str(flat.get("fed.secagg", False)).lower() in ("true", "1"))
+    if rc.dp.enabled and rc.local.max_steps:
+        raise ConfigError(
+            "local.max-steps",
+            f"acts on non-private training only, got {rc.local.max_steps} with dp.enabled"
+            " (a DP device takes dp.local-steps steps a round; set local.max-steps = 0)",
+        )
     return rc
 
 

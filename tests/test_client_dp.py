@@ -318,3 +318,7 @@ def test_max_steps_caps_a_heavy_node_and_its_weight() -> None:
     assert two.steps == 4 and two.num_examples == 105
     with pytest.raises(ConfigError, match="local.max-steps"):
         LocalConfig(max_steps=-1)
+    # a DP device takes dp.local-steps: the cap is refused there, not silently ignored
+    with pytest.raises(ConfigError, match="local.max-steps.*dp.enabled"):
+        parse_run_config({"dp.enabled": True, "local.max-steps": 8})
+    assert parse_run_config({"local.max-steps": 8, "model.item-bias": False}).local.max_steps == 8
