@@ -5,8 +5,9 @@ the central model (history mode) is trained on the item cold-start split of ml-1
 20% of items never seen in training; negatives from warm items only), once per variant of
 :data:`COLD_VARIANTS`: the text tower alone (``no-id``), and with an ID residual (``id``) that
 training drops DropoutNet-style at a rate (``id-drop0.5``, ``id-drop0.8``: ``model.id-dropout``), so
-that the text part learns to carry an item without its residual, as a cold item is. A cold item's
-vector is the text part (its residual is untrained: zero), and it gets
+that the text part learns to carry an item without its residual, as a cold item is, and the ``fed``
+preset's tower trained centrally (``cosine``: cosine scores, no item bias, as ``runs.central-fedmodel``).
+A cold item's vector is the text part (its residual is untrained: zero), and it gets
 
 * ``text``: that text vector, bias = mean warm bias;
 * ``kg``: :func:`kg.neighbour_prior` over the warm items' trained vectors, the cold item having been
@@ -17,6 +18,9 @@ vector is the text part (its residual is untrained: zero), and it gets
   ``kg_id`` is the same KG prior over the warm items' *ID residuals* (the collaborative part the text
   lacks; ``alpha`` 1: ``text + w * kg_id``);
 * ``random``: seeded uniform scores.
+
+Each vector is then normalised as the API stores a new item (unit length under cosine scores, else
+at most the longest catalogue vector's length).
 
 A constant bias shared by every cold item changes neither HR@10 (every candidate is cold) nor
 Recall@20 (only cold items are ranked), so the text bias choice is immaterial. The cold *items* are
@@ -29,8 +33,8 @@ and users only (HR@10, then Recall@20); every ``cold.<method>`` figure is measur
 half's. The provenance records every variant's tuning-half best of each method (and, for reference,
 never read by a choice, its report-half figures). The user vector reads the user's warm training
 items plus the validation item.
-Each variant's trained model is cached in ``--work-dir`` (``cold-<dataset>-<variant>.pt``); four
-trainings take about 11 minutes on ml-100k (2 threads).
+Each variant's trained model is cached in ``--work-dir`` (``cold-<dataset>-<variant>.pt``); five
+trainings take about 13 minutes on ml-100k (2 threads).
 
 ``--parts cold-k1`` (``cold.k1``): the same protocol for one tower (:data:`COLD_K_VARIANT`) with
 MiniLM's top layer fine-tuned (``fed-k1``'s LoRA), against its k = 0 twin (``cold.k1.k0_same_training``),
@@ -163,6 +167,7 @@ class ColdModel:
     scale: float
     info: dict[str, Any]
     residual: np.ndarray | None = None  # (N, D) trained ID residuals (cold rows: zeros); None without one
+    score: str = "dot"  # model.score: how a new item's vector is normalised when served
 
 
 def train_cold(
@@ -212,7 +217,7 @@ def _extract(model: Recommender, split: Split) -> ColdModel:
         residual = model.items.id_residual.weight.detach().clone()  # (N, D)
         residual[cold] = 0.0
         residual = residual.numpy()
-    return ColdModel(v.numpy(), b.numpy(), u.numpy(), float(model.scale), {}, residual)
+    return ColdModel(v.numpy(), b.numpy(), u.numpy(), float(model.scale), {}, residual, model.cfg.score)
 
 
 def cold_graph(ds: Dataset, cold_rows: np.ndarray) -> Any:
@@ -339,14 +344,19 @@ class ColdVariant:
     id_residual: bool = False
     #: DropoutNet rate of the ID residual in training (:attr:`shared.config.ModelConfig.id_dropout`)
     id_dropout: float = 0.0
+    #: ``model.score`` and ``model.item-bias``
+    score: str = "dot"
+    item_bias: bool = True
 
 
-#: the trained variants: text tower alone, and with an ID residual dropped in training at a few rates
+#: the trained variants: text tower alone, with an ID residual dropped in training at a few rates, and
+#: the ``fed`` preset's tower (cosine scores, no item bias: ``runs.central-fedmodel``'s model)
 COLD_VARIANTS = (
     ColdVariant("no-id"),
     ColdVariant("id", id_residual=True),
     ColdVariant("id-drop0.5", id_residual=True, id_dropout=0.5),
     ColdVariant("id-drop0.8", id_residual=True, id_dropout=0.8),
+    ColdVariant("cosine", score="cosine", item_bias=False),
 )
 #: weights of the KG prior over the warm items' ID residuals added to a cold item's text vector
 RESIDUAL_WEIGHTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -361,13 +371,17 @@ class ColdScorer:
     over the warm items' vectors, optionally renormalised) or ``residual`` (``alpha * text + (1 - alpha)
     * kg + weight * kg_id``, with ``kg_id`` the KG prior over the warm items' ID residuals: the
     collaborative part the text lacks; ``alpha`` 1: ``text + weight * kg_id``). The bias: the alpha mix
-    of text and KG biases (``bias_weight`` None) or ``bias_weight * kg bias``.
+    of text and KG biases (``bias_weight`` None) or ``bias_weight * kg bias``. Every vector is then
+    normalised as the API serves a new item (:meth:`shared.serving.ServingModel.normalise`): unit
+    length under cosine scores, else shortened to the longest catalogue vector.
     """
 
     def __init__(self, cm: ColdModel, graph: Any, ds: Dataset, cold_rows: np.ndarray, warm_rows: np.ndarray) -> None:
         self.text_v = cm.vectors[cold_rows]  # (C, D)
         self.text_b = np.full(len(cold_rows), float(cm.bias[warm_rows].mean()), np.float32)
         self.warm_norm = float(np.linalg.norm(cm.vectors[warm_rows], axis=1).mean())
+        self.score = cm.score
+        self.max_norm = float(np.linalg.norm(cm.vectors, axis=1).max())
         d = cm.vectors.shape[1]
         table = cm.vectors if cm.residual is None else np.concatenate([cm.vectors, cm.residual], axis=1)
         self.priors: dict[int | None, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -396,7 +410,18 @@ class ColdScorer:
                     ]
         return out
 
+    def serve(self, v: np.ndarray) -> np.ndarray:
+        """Cold vectors (C, D) as :meth:`shared.serving.ServingModel.normalise` stores each one."""
+        n = np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        if self.score == "cosine":
+            return (v / n).astype(np.float32)
+        return (v * np.minimum(1.0, self.max_norm / n)).astype(np.float32)
+
     def __call__(self, knobs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        v, b = self._mix(knobs)
+        return self.serve(v), b
+
+    def _mix(self, knobs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         if knobs["prior"] == "none":
             return self.text_v, self.text_b
         kv, kb, _ = self.priors[knobs["max_neighbours"]]
@@ -525,7 +550,12 @@ def run_cold(args: argparse.Namespace) -> dict[str, Any]:
     setup: _ColdSetup | None = None
     for spec in COLD_VARIANTS:
         model = ModelConfig(
-            backbone=args.backbone, id_residual=spec.id_residual, id_dropout=spec.id_dropout, user_mode="history"
+            backbone=args.backbone,
+            id_residual=spec.id_residual,
+            id_dropout=spec.id_dropout,
+            user_mode="history",
+            score=spec.score,
+            item_bias=spec.item_bias,
         )
         variants[spec.name], scorers[spec.name], setup = _cold_tower(args, spec.name, model, train, setup)
     assert setup is not None
@@ -696,7 +726,8 @@ def cold_from_checkpoint(ckpt: Checkpoint, split: Split, where: Path) -> ColdMod
             for u in range(split.num_users)
         ]
     ).astype(np.float32)
-    return ColdModel(serving.vectors, serving.bias, users, serving.scale, {"checkpoint": str(where), **ckpt.meta})
+    meta = {"checkpoint": str(where), **ckpt.meta}
+    return ColdModel(serving.vectors, serving.bias, users, serving.scale, meta, score=ckpt.config.score)
 
 
 def run_cold_fed(args: argparse.Namespace) -> dict[str, Any]:

@@ -42,6 +42,35 @@ def test_cold_graph_and_priors(tiny_data: Path) -> None:
     np.testing.assert_allclose(vecs[0], expect_v, rtol=1e-5)
 
 
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_cold_scorer_normalises_as_the_api_stores_a_new_item(tiny_data: Path, score: str) -> None:
+    """Every scored cold vector is what ServingModel.normalise would store: unit (cosine) or capped (dot)."""
+    ds = load_ml100k(tiny_data)
+    cold_rows = np.array([0, 4, 9])
+    warm_rows = np.setdiff1d(np.arange(len(ds.catalogue)), cold_rows)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(ds.catalogue), 4)).astype(np.float32)
+    if score == "cosine":
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cm = bench_kg.ColdModel(vecs, np.zeros(len(vecs), np.float32), np.zeros((1, 4)), 1.0, {}, score=score)
+    scorer = bench_kg.ColdScorer(cm, bench_kg.cold_graph(ds, cold_rows), ds, cold_rows, warm_rows)
+    longest = float(np.linalg.norm(vecs, axis=1).max())
+    for knobs in scorer.grid():
+        v, _ = scorer(knobs)
+        n = np.linalg.norm(v, axis=1)
+        if score == "cosine":
+            np.testing.assert_allclose(n, 1.0, rtol=1e-5)
+        else:
+            assert (n <= longest * (1 + 1e-5)).all()
+    mixed, _ = scorer({"prior": "full", "alpha": 0.5, "max_neighbours": None, "bias_weight": None, "renorm": False})
+    raw, _ = scorer._mix({"prior": "full", "alpha": 0.5, "max_neighbours": None, "bias_weight": None, "renorm": False})
+    if score == "cosine":  # a mean of unit vectors is shorter than one: the API lengthens it back
+        assert (np.linalg.norm(raw, axis=1) < 1 - 1e-3).any()
+        np.testing.assert_allclose(mixed, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(mixed, raw, rtol=1e-6)  # a convex mix never exceeds the longest
+
+
 def test_cold_eval_hits_and_recall() -> None:
     cold_rows = np.arange(100, 205)  # 105 cold rows, 2 users
     negs = np.stack([cold_rows[5:104], cold_rows[6:105]])
@@ -204,10 +233,12 @@ def test_cold_run_chooses_variants_and_knobs_without_the_report_half(
     assert list(settings["variants"]) == names
     for m in ("random", "text", "kg", "text+kg"):
         assert 0.0 <= out[m]["hr@10"] <= 1.0 and 0.0 <= out[m]["recall@20"] <= 1.0
+    specs = {v.name: v for v in bench_kg.COLD_VARIANTS}
     for name, var in settings["variants"].items():
-        assert var["model"]["id_residual"] == (name != "no-id")
+        assert var["model"]["id_residual"] == specs[name].id_residual
+        assert (var["model"]["score"], var["model"]["item_bias"]) == (specs[name].score, specs[name].item_bias)
         assert set(var["tuning_half"]) >= {"text", "kg", "text+kg"}
-        assert ("text+kg_residual_prior" in var["tuning_half"]) == (name != "no-id")
+        assert ("text+kg_residual_prior" in var["tuning_half"]) == specs[name].id_residual
         best = var["tuning_half"]["text+kg"]["hr@10"]
         assert best >= max(var["tuning_half"][m]["hr@10"] for m in ("text", "kg"))
     assert set(settings["chosen_variant"].values()) <= set(names)
