@@ -3,7 +3,9 @@
 The privacy parts audit the models users would get: the presets' own checkpoints, which the
 benchmarks leave under ``results/fed/<preset>/checkpoint`` (``python -m simulations.bench_fed
 --presets fed``; ``python -m simulations.bench_dp`` for the DP presets). A preset without one is
-skipped with a message naming the path and the command that makes it.
+skipped with a message naming the path and the command that makes it. ``--presets a,b`` audits only
+those presets (``mia``, ``leak``) and keeps every other preset's earlier figures and provenance entry
+(stamped ``audited`` with that run's time): for re-auditing one retrained model.
 
 * ``mia``: membership inference on each preset's served model (:func:`audit_privacy.membership_inference`);
 * ``leak``: what one device's upload reveals to the server, starting from each preset's model with the
@@ -88,6 +90,16 @@ def replace_in_summary(
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _section(path: Path, keys: str | list[str]) -> dict[str, Any]:
+    """``summary[keys...]`` of the summary file at ``path`` ({} where absent)."""
+    import json
+
+    sec: Any = json.loads(path.read_text()) if path.exists() else {}
+    for key in [keys] if isinstance(keys, str) else keys:
+        sec = sec.get(key, {}) if isinstance(sec, dict) else {}
+    return sec if isinstance(sec, dict) else {}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Run-config overrides under every preset: ``--data-dir`` and each ``--set KEY=VALUE`` (JSON or text)."""
     import json
@@ -128,6 +140,32 @@ def _skipped(missing: dict[str, str], part: str) -> None:
         print(f"{part}: skipping {name}: {msg}", file=sys.stderr)
 
 
+def _chosen(args: argparse.Namespace, presets: tuple[str, ...]) -> tuple[str, ...]:
+    """``presets`` narrowed to ``--presets`` (all of them without it)."""
+    return tuple(p for p in presets if not args.presets or p in args.presets)
+
+
+def _keep_others(
+    section: Any, part: str, figures: dict[str, Any], settings: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``--presets``: the earlier figures of the presets not audited now stay, with their provenance.
+
+    Returns the per-preset keys to merge (instead of replace) and puts each kept preset's earlier
+    model entry, stamped with when it was audited, into ``settings`` (``models`` or ``devices``).
+    """
+    old = (section.get("provenance") or {}).get(part) or {}
+    key = "models" if part == "mia" else "devices"
+    kept = {
+        n: {**m, "audited": m.get("audited", old.get("finished"))}
+        for n, m in (old.get("settings") or {}).get(key, {}).items()
+        if n not in settings[key]
+    }
+    settings[key] = kept | settings[key]
+    settings["skipped"] = {n: m for n, m in settings.get("skipped", {}).items() if n not in kept}
+    merge = tuple(k for k, v in figures.items() if isinstance(v, dict))
+    return settings, merge
+
+
 def _mia(args: argparse.Namespace, results: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from server.loop import initial_model
     from shared.checkpoint import load_checkpoint
@@ -135,7 +173,7 @@ def _mia(args: argparse.Namespace, results: Path) -> tuple[dict[str, Any], dict[
     from shared.serving import ServingModel
     from simulations import audit_privacy as ap
 
-    found, missing = ap.preset_checkpoints(ap.MIA_PRESETS, results, args.dataset)
+    found, missing = ap.preset_checkpoints(_chosen(args, ap.MIA_PRESETS), results, args.dataset)
     _skipped(missing, "mia")
     settings = ap.MiaSettings(users=args.mia_users, per_user=args.mia_per_user, recent=args.mia_recent)
     keys = ("mia_auc", "mia_score_auc", "mia_auc_recent", "mia_auc_calibrated", "mia_auc_reference")
@@ -178,7 +216,7 @@ def _leak(args: argparse.Namespace, results: Path) -> tuple[dict[str, Any], dict
     from shared.pipeline import prepare
     from simulations import audit_privacy as ap
 
-    found, missing = ap.preset_checkpoints(ap.LEAK_PRESETS, results, args.dataset)
+    found, missing = ap.preset_checkpoints(_chosen(args, ap.LEAK_PRESETS), results, args.dataset)
     _skipped(missing, "leak")
     out: dict[str, Any] = {"upload_leak_p10": {}, "upload_leak_p10_id_residual": {}, "upload_leak": {}}
     out["upload_leak_skipped"] = missing or None
@@ -309,11 +347,14 @@ def run(args: argparse.Namespace) -> int:
             log.error("%s: no preset has a checkpoint under %s; nothing audited", part, results / "fed")
             rc = 1
             continue
+        merge: tuple[str, ...] = ()
+        if args.presets and part in ("mia", "leak"):
+            settings, merge = _keep_others(_section(out.summary, out.keys("privacy")), part, figures, settings)
         prov = provenance(settings | {"overrides": _overrides(args), "seconds": round(time.time() - t0, 1)})
         entries = figures | {"provenance": {part: prov}}
         if out.write:
             _drop_stand_in(out.summary, out.keys("privacy"))
-            replace_in_summary(out.keys("privacy"), entries, merge=("provenance",), path=out.summary)
+            replace_in_summary(out.keys("privacy"), entries, merge=("provenance", *merge), path=out.summary)
         out.readme()
         if skipped:
             log.warning("%s: %d preset(s) skipped (see above)", part, len(skipped))

@@ -71,11 +71,12 @@ from shared.model import Recommender
 from shared.pipeline import Prepared
 from shared.serving import ServingModel
 from shared.splits import Split
+from simulations.options import AUDIT_PRESETS
 
 log = logging.getLogger(__name__)
 
 #: presets whose models membership inference audits (``fed`` = the non-private reference)
-MIA_PRESETS = ("fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-sdp-eps8", "fed-sdp-eps1")
+MIA_PRESETS = AUDIT_PRESETS
 #: presets whose single upload the server sees in the clear (``fed-sdp-*`` uploads only inside SecAgg+)
 LEAK_PRESETS = ("fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1")
 

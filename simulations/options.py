@@ -43,6 +43,8 @@ KG_PARTS = ("cold", "explain", "cold-k1", "cold-fed")
 KG_DEFAULT_PARTS = ("cold", "explain")
 DP_PARTS = ("presets", "curve", "ablation")
 AUDIT_PARTS = ("mia", "leak", "replay", "faults")
+#: the presets whose models membership inference audits (``simulations.audit_privacy.MIA_PRESETS``)
+AUDIT_PRESETS = ("fed", "fed-dp-eps8", "fed-dp-eps4", "fed-dp-eps1", "fed-sdp-eps8", "fed-sdp-eps1")
 KG_VERSIONS = ("dbpedia-2016-10", "dbpedia-live-2024")  # shared.data.KG_VERSIONS, without importing numpy
 
 _COMMON = {"dataset", "data_dir", "threads", "no_write", "results"}
@@ -53,7 +55,7 @@ NEUTRAL: dict[str, set[str]] = {
     "fed": _COMMON | {"presets", "dp_overhead_only"},
     "dp": _COMMON | {"presets", "parts"},
     "api": _COMMON | {"checkpoint", "server_log", "cache_dir", "p1_only"},
-    "audit": _COMMON | {"parts", "fault_cases"},
+    "audit": _COMMON | {"parts", "fault_cases", "presets"},
     "sim": _COMMON | {"scales", "work_dir"},
 }
 
@@ -298,6 +300,12 @@ def add_audit(p: argparse.ArgumentParser) -> None:
         "--parts", type=csv_of(AUDIT_PARTS, "parts"), default=",".join(AUDIT_PARTS), help=", ".join(AUDIT_PARTS)
     )
     p.add_argument("--checkpoints", default="", help="results dir holding fed/<preset>/checkpoint (default: results/)")
+    p.add_argument(
+        "--presets",
+        type=csv_of(AUDIT_PRESETS, "presets"),
+        default=[],
+        help="mia and leak: audit only these presets and keep the others' earlier figures (default: every one)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override (tests)")
     p.add_argument("--mia-users", type=non_negative_int, default=0, help="attacked users (0: every user)")
     p.add_argument("--mia-per-user", type=positive_int, default=20, help="members (and as many non-members) per user")

@@ -310,3 +310,18 @@ def test_audit_cli_on_tiny_preset_checkpoints(tmp_path: Path, tiny_bert: str, mo
     assert ev["current"]["clean_max_abs_diff_wire"] > ev["noise_std_in_upload"]
     assert set(priv["provenance"]) == {"mia", "leak", "replay"}
     assert priv["provenance"]["mia"]["settings"]["attack"]["attacker-knows"]["recent"]
+
+    # --presets fed: only fed is audited again; fed-dp-eps8's figures and provenance entry stay
+    (checkpoint_dir("fed-dp-eps8", ckroot) / "fedxrec.json").unlink()  # its model gone since
+    before = priv
+    assert main([*argv[:1], "mia,leak", *argv[2:], "--presets", "fed"]) == 0
+    after = json.loads((results / "summary.json").read_text())["privacy"]
+    for key in ("mia_auc", "mia", "upload_leak_p10", "upload_leak"):
+        assert set(after[key]) == set(before[key])
+        assert after[key]["fed-dp-eps8"] == before[key]["fed-dp-eps8"]
+    models = after["provenance"]["mia"]["settings"]["models"]
+    assert set(models) == {"fed", "fed-dp-eps8"}
+    assert models["fed-dp-eps8"]["audited"] == before["provenance"]["mia"]["finished"]
+    assert "audited" not in models["fed"]
+    assert "fed-dp-eps8" in after["provenance"]["leak"]["settings"]["devices"]
+    assert after["replay"] == before["replay"]  # not a part of this run: left alone
