@@ -48,6 +48,8 @@ bench: install  ## all benchmarks at their documented settings; figures go to re
 	$(BIN)/fedxrec bench core --dataset ml-latest-small --runs mostpop,bprmf-central,central-fedmodel
 	$(BIN)/fedxrec bench fed --presets fed --dataset ml-latest-small
 	$(BIN)/fedxrec bench kg --dataset ml-latest-small --checkpoint results/fed/ml-latest-small-fed/best
+	$(BIN)/fedxrec bench fed --presets fed-cold --dataset ml-latest-small
+	$(BIN)/fedxrec bench kg --dataset ml-latest-small --parts cold-fed --threads 2
 
 audit: install  ## the privacy audit of the presets' checkpoints and the fault cases
 	$(BIN)/fedxrec audit
