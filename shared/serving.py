@@ -23,6 +23,21 @@ from shared.model import ItemTower
 log = logging.getLogger(__name__)
 
 
+def normalise_new(vectors: np.ndarray, score: str, max_norm: float) -> np.ndarray:
+    """New items' vectors (``(D,)`` or ``(C, D)``), normalised as :class:`ItemTower` normalises the catalogue's.
+
+    ``cosine``: unit length (as ``F.normalize`` in ``ItemTower.forward``). ``dot``: the tower does
+    not normalise, so a vector is only shortened to ``max_norm``, the longest catalogue vector's
+    length: no new item can outrank the catalogue by its length alone.
+    """
+    v = np.asarray(vectors, np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    if score == "cosine":
+        return v / np.maximum(n, np.float32(1e-12))
+    factor = np.minimum(1.0, max_norm / np.maximum(n.astype(np.float64), 1e-12))
+    return v * factor.astype(np.float32)
+
+
 class ServingModel:
     """Scores items for a history, from a loaded :class:`Checkpoint` (numpy, thread-safe reads)."""
 
@@ -128,20 +143,11 @@ class ServingModel:
         with torch.no_grad():
             feats = _features(tower, cache)
             out = tower.proj(tower.norm(feats)).numpy()  # ItemTower.forward in eval mode, no ID residual
-        return np.stack([self.normalise(v) for v in out]) if len(out) else out
+        return normalise_new(out, self.cfg.score, self.max_norm) if len(out) else out
 
     def normalise(self, vector: np.ndarray) -> np.ndarray:
-        """A new item's vector, normalised as :class:`ItemTower` normalises the catalogue's.
-
-        ``cosine``: unit length (as ``F.normalize`` in ``ItemTower.forward``). ``dot``: the tower
-        does not normalise, so the vector is only shortened to the longest catalogue vector: no
-        new item can outrank the catalogue by its length alone.
-        """
-        v = np.asarray(vector, np.float32)
-        n = float(np.linalg.norm(v))
-        if self.cfg.score == "cosine":
-            return (v / max(n, 1e-12)).astype(np.float32)
-        return (v * (self.max_norm / n)).astype(np.float32) if n > self.max_norm else v
+        """A new item's vector, normalised as :class:`ItemTower` normalises the catalogue's (:func:`normalise_new`)."""
+        return normalise_new(vector, self.cfg.score, self.max_norm)
 
     def out_of_range(self, vector: np.ndarray, bias: float) -> str | None:
         """Why a new item's stored vector or bias is not one :meth:`normalise` could give (None: fine)."""

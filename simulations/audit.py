@@ -90,16 +90,6 @@ def replace_in_summary(
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _section(path: Path, keys: str | list[str]) -> dict[str, Any]:
-    """``summary[keys...]`` of the summary file at ``path`` ({} where absent)."""
-    import json
-
-    sec: Any = json.loads(path.read_text()) if path.exists() else {}
-    for key in [keys] if isinstance(keys, str) else keys:
-        sec = sec.get(key, {}) if isinstance(sec, dict) else {}
-    return sec if isinstance(sec, dict) else {}
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Run-config overrides under every preset: ``--data-dir`` and each ``--set KEY=VALUE`` (JSON or text)."""
     import json
@@ -349,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         merge: tuple[str, ...] = ()
         if args.presets and part in ("mia", "leak"):
-            settings, merge = _keep_others(_section(out.summary, out.keys("privacy")), part, figures, settings)
+            privacy = out.section(out.load()).get("privacy", {})
+            settings, merge = _keep_others(privacy, part, figures, settings)
         prov = provenance(settings | {"overrides": _overrides(args), "seconds": round(time.time() - t0, 1)})
         entries = figures | {"provenance": {part: prov}}
         if out.write:

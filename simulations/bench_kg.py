@@ -87,7 +87,7 @@ from shared.data import Dataset, load_dataset
 from shared.metrics import hit_rate, ndcg, rank_of_target, recall_at_k
 from shared.model import Recommender
 from shared.pipeline import _kg_kwargs, build_model, data_dir, prepare
-from shared.serving import ServingModel
+from shared.serving import ServingModel, normalise_new
 from shared.splits import Split, cached_split
 from shared.training import eval_histories
 from simulations import options
@@ -372,7 +372,7 @@ class ColdScorer:
     * kg + weight * kg_id``, with ``kg_id`` the KG prior over the warm items' ID residuals: the
     collaborative part the text lacks; ``alpha`` 1: ``text + weight * kg_id``). The bias: the alpha mix
     of text and KG biases (``bias_weight`` None) or ``bias_weight * kg bias``. Every vector is then
-    normalised as the API serves a new item (:meth:`shared.serving.ServingModel.normalise`): unit
+    normalised as the API serves a new item (:func:`shared.serving.normalise_new`): unit
     length under cosine scores, else shortened to the longest catalogue vector.
     """
 
@@ -410,16 +410,9 @@ class ColdScorer:
                     ]
         return out
 
-    def serve(self, v: np.ndarray) -> np.ndarray:
-        """Cold vectors (C, D) as :meth:`shared.serving.ServingModel.normalise` stores each one."""
-        n = np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        if self.score == "cosine":
-            return (v / n).astype(np.float32)
-        return (v * np.minimum(1.0, self.max_norm / n)).astype(np.float32)
-
     def __call__(self, knobs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         v, b = self._mix(knobs)
-        return self.serve(v), b
+        return normalise_new(v, self.score, self.max_norm), b  # as the API stores a new item
 
     def _mix(self, knobs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         if knobs["prior"] == "none":
