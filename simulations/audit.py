@@ -30,13 +30,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.config import DEFAULT_DATASET
 from simulations import options
 from simulations.runner import ENV
+
+if TYPE_CHECKING:
+    from simulations.results import Output
 
 log = logging.getLogger("simulations.audit")
 
@@ -344,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         prov = provenance(settings | {"overrides": _overrides(args), "seconds": round(time.time() - t0, 1)})
         entries = figures | {"provenance": {part: prov}}
         if out.write:
-            _drop_stand_in(out.summary, out.keys("privacy"))
+            _drop_stand_in(out)
             replace_in_summary(out.keys("privacy"), entries, merge=("provenance", *merge), path=out.summary)
         out.readme()
         if skipped:
@@ -378,17 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
 
 
-def _drop_stand_in(path: Path, section: list[str]) -> None:
+def _drop_stand_in(out: Output) -> None:
     """Remove the stand-in audit's figures (recognised by its one flat ``privacy.provenance``)."""
-    import json
-
-    if path.exists():
-        node: Any = json.loads(path.read_text())
-        for key in section:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        prov = node.get("provenance") if isinstance(node, dict) else None
-        if isinstance(prov, dict) and "command" in prov:
-            replace_in_summary(section, dict.fromkeys(STAND_IN_KEYS), path=path)
+    prov = out.section(out.load()).get("privacy", {}).get("provenance")
+    if isinstance(prov, dict) and "command" in prov:
+        replace_in_summary(out.keys("privacy"), dict.fromkeys(STAND_IN_KEYS), path=out.summary)
 
 
 if __name__ == "__main__":
