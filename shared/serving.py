@@ -143,7 +143,7 @@ class ServingModel:
         with torch.no_grad():
             feats = _features(tower, cache)
             out = tower.proj(tower.norm(feats)).numpy()  # ItemTower.forward in eval mode, no ID residual
-        return normalise_new(out, self.cfg.score, self.max_norm) if len(out) else out
+        return normalise_new(out, self.cfg.score, self.max_norm)
 
     def normalise(self, vector: np.ndarray) -> np.ndarray:
         """A new item's vector, normalised as :class:`ItemTower` normalises the catalogue's (:func:`normalise_new`)."""

@@ -341,13 +341,13 @@ def run(args: argparse.Namespace) -> int:
             rc = 1
             continue
         merge: tuple[str, ...] = ()
+        privacy = out.section(out.load()).get("privacy", {})  # as the earlier parts left it
         if args.presets and part in ("mia", "leak"):
-            privacy = out.section(out.load()).get("privacy", {})
             settings, merge = _keep_others(privacy, part, figures, settings)
         prov = provenance(settings | {"overrides": _overrides(args), "seconds": round(time.time() - t0, 1)})
         entries = figures | {"provenance": {part: prov}}
         if out.write:
-            _drop_stand_in(out)
+            _drop_stand_in(out, privacy)
             replace_in_summary(out.keys("privacy"), entries, merge=("provenance", *merge), path=out.summary)
         out.readme()
         if skipped:
@@ -381,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
 
 
-def _drop_stand_in(out: Output) -> None:
-    """Remove the stand-in audit's figures (recognised by its one flat ``privacy.provenance``)."""
-    prov = out.section(out.load()).get("privacy", {}).get("provenance")
+def _drop_stand_in(out: Output, privacy: dict[str, Any]) -> None:
+    """Remove the stand-in audit's figures from ``privacy`` (recognised by its one flat ``provenance``)."""
+    prov = privacy.get("provenance")
     if isinstance(prov, dict) and "command" in prov:
         replace_in_summary(out.keys("privacy"), dict.fromkeys(STAND_IN_KEYS), path=out.summary)
 
